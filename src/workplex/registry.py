@@ -1,0 +1,446 @@
+"""The one registry of executors, built-ins and plugins alike.
+
+Executors are found through the entry-point group ``workplex.executors`` (the built-ins
+are registered through the same door), checked when registered, configured from the
+config file, started once on first use and shut down on exit::
+
+    >>> import asyncio
+    >>> from workplex import Registry, Task
+    >>> async def main():
+    ...     async with Registry() as registry:
+    ...         result = await registry.execute(Task("echo", {"hello": "world"}))
+    ...         return result.output
+    >>> asyncio.run(main())
+    {'hello': 'world'}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from workplex.config import Config
+from workplex.errors import (
+    ConfigError,
+    SecurityRefusedError,
+    UnknownExecutorError,
+    ValidationError,
+    WorkplexError,
+)
+from workplex.executor import (
+    Context,
+    ErrorInfo,
+    Executor,
+    ExecutorConfig,
+    Metrics,
+    Result,
+    Secrets,
+    SecurityLevel,
+    Task,
+    error_info,
+)
+
+ENTRY_POINT_GROUP = "workplex.executors"
+
+Call = Callable[[Any, Context], Awaitable[Any]]
+"""The shape of an executor call, and of every overlay around it: (validated input, ctx) -> output."""
+
+
+class OverlayBuilder(Protocol):
+    """Wraps the terminal call of one executor in overlays (see ``workplex.overlays``)."""
+
+    def build(
+        self, executor: str, terminal: Call, settings: Mapping[str, Any] | None = None
+    ) -> Call: ...
+
+
+class PluginError(ConfigError):
+    """A plugin was refused at registration (names the distribution that supplied it)."""
+
+
+@dataclass
+class ExecutorInfo:
+    """What ``workplex executors`` shows about one executor."""
+
+    name: str
+    description: str
+    version: str
+    security: SecurityLevel
+    capabilities: dict[str, bool]
+    distribution: str
+    enabled: bool
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "version": self.version,
+            "security": self.security.value,
+            "capabilities": self.capabilities,
+            "distribution": self.distribution,
+            "enabled": self.enabled,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+        }
+
+
+@dataclass(eq=False)
+class _Entry:
+    cls: type[Executor]
+    distribution: str
+    executor: Executor
+    settings: dict[str, Any]
+    enabled: bool = True
+    config: ExecutorConfig | None = None
+    started: bool = False
+    start_lock: asyncio.Lock | None = None
+    terminal: Call | None = None
+    calls: dict[Any, Call] = field(default_factory=dict)
+
+
+def check_executor_class(obj: Any, distribution: str, entry_name: str = "") -> type[Executor]:
+    """Refuse a plugin that does not follow the executor contract, naming its distribution."""
+    where = f"executor plugin {entry_name or getattr(obj, '__name__', obj)!r} from {distribution!r}"
+    if not (inspect.isclass(obj) and issubclass(obj, Executor)):
+        raise PluginError(f"{where}: {obj!r} is not a subclass of workplex.Executor")
+    if not isinstance(obj.name, str) or not obj.name:
+        raise PluginError(f"{where}: the class does not set a `name`")
+    for attr in ("Input", "Output"):
+        model = getattr(obj, attr, None)
+        if not (inspect.isclass(model) and issubclass(model, BaseModel)):
+            raise PluginError(f"{where}: `{attr}` must be a pydantic BaseModel subclass")
+    cfg = getattr(obj, "Config", None)
+    if not (inspect.isclass(cfg) and issubclass(cfg, BaseModel)):
+        raise PluginError(f"{where}: `Config` must be a pydantic BaseModel subclass")
+    if obj.execute is Executor.execute:
+        raise PluginError(f"{where}: the class does not implement `execute(input, ctx)`")
+    if not isinstance(obj.security, SecurityLevel):
+        raise PluginError(f"{where}: `security` must be a workplex.SecurityLevel")
+    return obj
+
+
+def _terminal_call(executor: Executor) -> Call:
+    """The innermost call. A sync ``execute`` is adapted here, once, to run on a thread."""
+    fn = executor.execute
+    if inspect.iscoroutinefunction(fn):
+        return fn
+
+    async def threaded(input: Any, ctx: Context) -> Any:
+        return await asyncio.to_thread(fn, input, ctx)
+
+    return threaded
+
+
+class Registry:
+    """Executors by name, with their config, lifecycle, validation and execution."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        discover: bool = True,
+        overlays: OverlayBuilder | None = None,
+        secrets: Secrets | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self.max_security = self.config.max_security
+        self.overlays = overlays
+        self._secrets = secrets
+        self._entries: dict[str, _Entry] = {}
+        if discover:
+            self.discover()
+        unknown = set(self.config.executors) - set(self._entries)
+        if unknown and discover:
+            raise ConfigError(
+                f"{self.config.source}: executors: unknown executor(s) "
+                f"{', '.join(sorted(unknown))}; installed: {', '.join(sorted(self._entries))}"
+            )
+
+    # ---- registration -------------------------------------------------------------
+    def discover(self) -> None:
+        """Register every executor advertised in the ``workplex.executors`` entry-point group."""
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
+            if ep.name in self._entries:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"executor plugin {ep.name!r} from {dist!r} failed to import ({ep.value}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self.register(obj, distribution=dist, entry_name=ep.name)
+
+    def register(
+        self, cls: type[Executor], *, distribution: str = "(local)", entry_name: str = ""
+    ) -> None:
+        """Register an executor class (checked against the contract first)."""
+        cls = check_executor_class(cls, distribution, entry_name)
+        if entry_name and entry_name != cls.name:
+            raise PluginError(
+                f"executor plugin {entry_name!r} from {distribution!r}: the entry point name "
+                f"differs from the class's name {cls.name!r}"
+            )
+        if cls.name in self._entries and self._entries[cls.name].cls is not cls:
+            other = self._entries[cls.name].distribution
+            raise PluginError(
+                f"executor {cls.name!r} from {distribution!r} clashes with the one from {other!r}"
+            )
+        settings = self.config.executor_settings(cls.name)
+        enabled = settings.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{self.config.source}: executors.{cls.name}.enabled must be true/false")
+        try:
+            config = cls.Config.model_validate(settings)
+        except PydanticValidationError as exc:
+            raise ConfigError(
+                str(ValidationError.from_pydantic(cls.name, exc, self.config.source)).replace(
+                    "invalid input for executor", "invalid settings for executor"
+                )
+            ) from exc
+        self._entries[cls.name] = _Entry(
+            cls=cls,
+            distribution=distribution,
+            executor=cls(),
+            settings=settings,
+            enabled=enabled,
+            config=config,
+        )
+
+    # ---- lookup -------------------------------------------------------------------
+    def names(self, *, include_disabled: bool = False) -> list[str]:
+        return sorted(n for n, e in self._entries.items() if include_disabled or e.enabled)
+
+    def __contains__(self, name: object) -> bool:
+        entry = self._entries.get(name) if isinstance(name, str) else None
+        return entry is not None and entry.enabled
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None or not entry.enabled:
+            known = ", ".join(self.names()) or "(none)"
+            state = "is disabled in the config" if entry is not None else "is not installed"
+            raise UnknownExecutorError(
+                f"unknown executor {name!r}: it {state}. Available executors: {known}",
+                [("type", f"unknown executor {name!r}")],
+            )
+        if not self.max_security.allows(entry.cls.security):
+            raise SecurityRefusedError(
+                f"executor {name!r} has security level {entry.cls.security.value!r}, above the "
+                f"configured max_security {self.max_security.value!r}",
+                [("type", "security level refused")],
+            )
+        return entry
+
+    def get(self, name: str) -> Executor:
+        """The executor instance called ``name`` (raises if unknown, disabled or refused)."""
+        return self._entry(name).executor
+
+    def executor_class(self, name: str) -> type[Executor]:
+        return self._entry(name).cls
+
+    def info(self, name: str) -> ExecutorInfo:
+        entry = self._entries.get(name)
+        if entry is None:
+            self._entry(name)
+            raise AssertionError  # pragma: no cover - _entry raised
+        cls = entry.cls
+        return ExecutorInfo(
+            name=cls.name,
+            description=cls.description,
+            version=cls.version,
+            security=cls.security,
+            capabilities=cls.capabilities.as_dict(),
+            distribution=entry.distribution,
+            enabled=entry.enabled and self.max_security.allows(cls.security),
+            input_schema=cls.Input.model_json_schema(),
+            output_schema=cls.Output.model_json_schema(),
+        )
+
+    def capabilities(self) -> list[ExecutorInfo]:
+        """Every enabled executor with its security level and input/output schemas."""
+        return [self.info(n) for n in self.names()]
+
+    # ---- validation ---------------------------------------------------------------
+    def validate(self, task: Task) -> BaseModel:
+        """The task's payload as its executor's Input model; ``ValidationError`` if not."""
+        entry = self._entry(task.type)
+        try:
+            return entry.cls.Input.model_validate(task.payload)
+        except PydanticValidationError as exc:
+            raise ValidationError.from_pydantic(task.type, exc) from exc
+
+    # ---- lifecycle ----------------------------------------------------------------
+    @property
+    def secrets(self) -> Secrets:
+        if self._secrets is None:
+            self._secrets = self.config.load_secrets()
+        return self._secrets
+
+    async def start(self, name: str) -> Executor:
+        """Start one executor (once; concurrent callers wait for the same start)."""
+        entry = self._entry(name)
+        if not entry.started:
+            await self._start(entry)
+        return entry.executor
+
+    async def _start(self, entry: _Entry) -> None:
+        if entry.start_lock is None:
+            entry.start_lock = asyncio.Lock()
+        async with entry.start_lock:
+            if entry.started:
+                return
+            try:
+                await entry.executor.startup(entry.config)
+            except WorkplexError:
+                raise
+            except Exception as exc:
+                raise ConfigError(
+                    f"executor {entry.cls.name!r} failed to start: {type(exc).__name__}: {exc}"
+                ) from exc
+            entry.started = True
+
+    async def startup(self, names: Iterable[str] | None = None) -> None:
+        for name in names if names is not None else self.names():
+            await self.start(name)
+
+    async def shutdown(self) -> None:
+        """Shut down every started executor (errors are collected, not swallowed silently)."""
+        problems = []
+        for entry in self._entries.values():
+            if entry.started:
+                entry.started = False
+                try:
+                    await entry.executor.shutdown()
+                except Exception as exc:  # keep shutting the others down
+                    problems.append(f"{entry.cls.name}: {exc}")
+        if problems:
+            raise ConfigError("executors failed to shut down: " + "; ".join(problems))
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Each enabled executor's health: ``{"ok": bool, "detail": str}``."""
+        report: dict[str, dict[str, Any]] = {}
+        for name in self.names():
+            if not self.max_security.allows(self._entries[name].cls.security):
+                report[name] = {"ok": False, "detail": "refused by max_security"}
+                continue
+            try:
+                executor = await self.start(name)
+                ok = bool(await executor.health_check())
+                report[name] = {"ok": ok, "detail": "ok" if ok else "health check failed"}
+            except Exception as exc:
+                report[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        return report
+
+    # ---- execution ----------------------------------------------------------------
+    def call_for(self, name: str, settings: Mapping[str, Any] | None = None, key: Any = None) -> Call:
+        """The call of ``name`` wrapped in its overlays; built once per (executor, key)."""
+        entry = self._entry(name)
+        call = entry.calls.get(key)
+        if call is None:
+            if entry.terminal is None:
+                entry.terminal = _terminal_call(entry.executor)
+            call = entry.terminal
+            if self.overlays is not None:
+                merged = dict(self.config.overlays.get(name) or {})
+                merged.update(settings or {})
+                call = self.overlays.build(name, call, merged)
+            entry.calls[key] = call
+        return call
+
+    def context(self, task: Task, *, run_id: str = "", stage: str = "") -> Context:
+        entry = self._entries.get(task.type)
+        return Context(
+            task_id=task.id,
+            run_id=run_id,
+            stage=stage,
+            config=entry.config if entry else None,
+            secrets=self.secrets,
+            metadata=task.metadata,
+        )
+
+    async def execute(
+        self, task: Task, ctx: Context | None = None, *, call: Call | None = None
+    ) -> Result:
+        """Validate and run one task; every outcome (even a bad payload) comes back as a Result."""
+        try:
+            entry = self._entry(task.type)
+            model = entry.cls.Input.model_validate(task.payload)
+        except PydanticValidationError as exc:
+            return Result.failure(ValidationError.from_pydantic(task.type, exc), task_id=task.id)
+        except ValidationError as exc:
+            return Result.failure(exc, task_id=task.id)
+        if not entry.started:
+            try:
+                await self._start(entry)
+            except WorkplexError as exc:
+                return Result.failure(exc, task_id=task.id)
+        if ctx is None:
+            ctx = Context(task.id, config=entry.config, secrets=self.secrets, metadata=task.metadata)
+        if call is None:
+            call = entry.calls.get(None) or self.call_for(task.type)
+        return await run_call(entry.executor, call, model, ctx, task.id)
+
+
+async def run_call(executor: Executor, call: Call, model: Any, ctx: Context, task_id: str) -> Result:
+    """Run an already-validated input through ``call`` and wrap the outcome in a Result."""
+    start = time.time()
+    t0 = time.perf_counter()
+    try:
+        out = await call(model, ctx)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        duration = time.perf_counter() - t0
+        info = error_info(exc)
+        return Result(
+            False,
+            None,
+            info,
+            metrics=Metrics(start, start + duration, duration, ctx.attempt),
+            task_id=task_id,
+        )
+    duration = time.perf_counter() - t0
+    if isinstance(out, BaseModel):
+        exit_code = executor.exit_code(out)
+        out = out.model_dump(mode="json")
+    else:
+        exit_code = None
+    return Result(
+        True,
+        out,
+        None,
+        exit_code,
+        metrics=Metrics(start, start + duration, duration, ctx.attempt),
+        task_id=task_id,
+    )
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Call",
+    "ErrorInfo",
+    "ExecutorInfo",
+    "OverlayBuilder",
+    "PluginError",
+    "Registry",
+    "check_executor_class",
+    "run_call",
+]
