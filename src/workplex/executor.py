@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from workplex.engine import Engine
+
 __all__ = [
     "Capabilities",
     "Context",
@@ -329,6 +331,7 @@ class Context:
         "attempt",
         "config",
         "deadline",
+        "engine",
         "metadata",
         "run_id",
         "secrets",
@@ -346,6 +349,7 @@ class Context:
         config: Any = None,
         secrets: Secrets | None = None,
         metadata: dict[str, Any] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.task_id = task_id
         self.run_id = run_id
@@ -356,6 +360,8 @@ class Context:
         self.config = config
         self.secrets = secrets if secrets is not None else _EMPTY_SECRETS
         self.metadata = metadata if metadata is not None else {}
+        self.engine = engine
+        """The Engine running this task inside a pipeline run (None for a lone task)."""
         self._logger: FilteringBoundLogger | None = None
 
     def remaining(self) -> float | None:
