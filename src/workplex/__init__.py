@@ -5,6 +5,7 @@ tasks, the engine runs them durably, locally or on NATS workers.
 """
 
 from workplex.config import Config, load_config
+from workplex.engine import Engine, RunResult, StageResult
 from workplex.errors import (
     BackendError,
     CircuitOpenError,
@@ -31,6 +32,7 @@ from workplex.executor import (
     SecurityLevel,
     Task,
 )
+from workplex.pipeline import Pipeline, Stage
 from workplex.registry import Registry
 
 __version__ = "0.1.0"
@@ -42,6 +44,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Context",
+    "Engine",
     "ErrorInfo",
     "Executor",
     "ExecutorConfig",
@@ -49,12 +52,16 @@ __all__ = [
     "Metrics",
     "MissingExtraError",
     "PermanentError",
+    "Pipeline",
     "PipelineError",
     "Registry",
     "Result",
     "RetryableError",
+    "RunResult",
     "Secrets",
     "SecurityLevel",
+    "Stage",
+    "StageResult",
     "StoreError",
     "Task",
     "TaskTimeoutError",

@@ -265,6 +265,383 @@ def health(
     raise typer.Exit(EXIT_OK if all(e["ok"] for e in report.values()) else EXIT_FAILED)
 
 
+@app.command("overlays")
+def overlays_(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
+) -> None:
+    """List the overlay chain, outermost first, with each overlay's options and defaults."""
+    from workplex.config import load_config
+    from workplex.errors import ConfigError
+    from workplex.overlays import default_overlays
+
+    try:
+        chain = default_overlays(load_config(State.config_path))
+    except ConfigError as exc:
+        fail(str(exc))
+    infos = chain.describe()
+    if as_json:
+        print_json({"order": [i.to_dict() for i in infos], "defaults": chain.defaults})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="workplex overlays (outermost first; the executor is innermost)")
+    table.caption = "Per-attempt parts run inside retry, just outside timeout."
+    table.add_column("#", justify="right")
+    table.add_column("overlay", style="bold")
+    table.add_column("options (default)")
+    table.add_column("from", style="dim")
+    for i in infos:
+        opts = ", ".join(
+            f"{k} (required)" if v["required"] else f"{k}={v['default']!r}"
+            for k, v in i.options.items()
+        )
+        name = f"{i.name}\n(+ per attempt)" if i.attempt_hook else i.name
+        table.add_row(str(i.position), name, f"{i.description}\n{opts or '-'}", i.distribution)
+    Console().print(table)
+
+
+# ---- pipelines -----------------------------------------------------------------------------
+def parse_inputs(pairs: list[str], inputs_file: str | None) -> dict[str, Any]:
+    """``--input k=v`` pairs (values parsed as JSON when they are JSON) over ``--inputs-file``."""
+    inputs: dict[str, Any] = {}
+    if inputs_file:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(inputs_file).read_text())
+        except OSError as exc:
+            fail(f"--inputs-file: cannot read {inputs_file}: {exc.strerror}")
+        except yaml.YAMLError as exc:
+            fail(f"--inputs-file {inputs_file}: not valid YAML/JSON: {exc}")
+        if not isinstance(data, dict):
+            fail(f"--inputs-file {inputs_file}: must hold a mapping of input names to values")
+        inputs.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--input {pair!r}: expected NAME=VALUE")
+        try:
+            inputs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            inputs[key] = value
+    return inputs
+
+
+def summarize_run(data: dict[str, Any]) -> None:
+    """Print a run's outcome as a readable table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    colors = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "paused": "cyan"}
+    status = data["status"]
+    table = Table(title=f"run {data['run_id']} ({data['pipeline']})")
+    table.add_column("stage", style="bold")
+    table.add_column("status")
+    table.add_column("tasks", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("error / note", overflow="fold")
+    for name, st in data["stages"].items():
+        tasks = st.get("tasks") or {}
+        count = f"{tasks.get('succeeded', 0)}/{tasks.get('total', 0)}"
+        if tasks.get("failed"):
+            count += f" ({tasks['failed']} failed)"
+        dur = st.get("duration")
+        note = st.get("error") or (st.get("info") or {}).get("reason") or ""
+        color = colors.get(st["status"], "white")
+        table.add_row(
+            name, f"[{color}]{st['status']}[/]", count, f"{dur:.2f}s" if dur else "-", str(note)
+        )
+    console = Console()
+    console.print(table)
+    line = f"[{colors.get(status, 'white')}]{status}[/]"
+    if data.get("duration") is not None:
+        line += f" in {data['duration']:.2f}s"
+    if data.get("error") and status != "paused":
+        line += f": {data['error']}"
+    console.print(line)
+    if status == "paused":
+        console.print(
+            f"The run is paused ({data.get('error')}). Continue it with:\n"
+            f"  workplex approve {data['run_id']} STAGE   (or --reject)\n"
+            f"  workplex resume {data['run_id']}"
+        )
+
+
+async def drive_with_progress(engine: Any, run_id: str, coro: Any, show: bool) -> Any:
+    """Await ``coro`` (a run) while showing one progress bar per running stage."""
+    import asyncio
+
+    if not show:
+        return await coro
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    task = asyncio.ensure_future(coro)
+    bars: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as progress:
+        while not task.done():
+            state = engine.runs.get(run_id)
+            if state is not None:
+                for name, run in state.runs.items():
+                    st = run.result
+                    if st.status == "pending" and name not in bars:
+                        continue
+                    if name not in bars:
+                        bars[name] = progress.add_task(name, total=None, failed="")
+                    done = st.succeeded + st.failed
+                    failed = f"[red]{st.failed} failed[/]" if st.failed else ""
+                    progress.update(
+                        bars[name], total=st.total or None, completed=done, failed=failed,
+                        description=f"{name} [{st.status}]",
+                    )
+            await asyncio.wait([task], timeout=0.1)
+    return task.result()
+
+
+async def open_store_or_none(store_url: str | None, no_store: bool, registry: Registry) -> Any:
+    """The run store for this command: --store, $WORKPLEX_STORE, config `store:`, or the
+    per-user default file (None with --no-store). A bad URL exits 2."""
+    if no_store:
+        return None
+    from workplex.errors import StoreError
+    from workplex.store import Store
+
+    try:
+        return await Store.open(store_url or registry.config.store)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@app.command("run")
+def run(
+    file: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="A run input as NAME=VALUE (repeatable; JSON values ok)."),
+    ] = None,
+    inputs_file: Annotated[
+        str | None, typer.Option("--inputs-file", help="A YAML/JSON file of run inputs.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run result as JSON.")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="local (default) or nats://HOST:4222.", envvar="WORKPLEX_BACKEND"),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Run store URL (sqlite:///file.db, postgresql://...).", envvar="WORKPLEX_STORE"),
+    ] = None,
+    no_store: Annotated[
+        bool, typer.Option("--no-store", help="Do not record the run (no resume possible).")
+    ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")
+    ] = None,
+    wait_for_workers: Annotated[
+        float, typer.Option("--wait-for-workers", help="Seconds to wait for workers (nats backend).")
+    ] = 0.0,
+) -> None:
+    """Run a pipeline file. Exit 0 when it succeeds (or pauses), 1 when it fails, 2 on bad input."""
+    from workplex.engine import new_run_id
+    from workplex.errors import PipelineError, ValidationError, WorkplexError
+
+    inputs = parse_inputs(input or [], inputs_file)
+    registry = build_registry()
+    run_id = new_run_id()
+    show = not as_json and sys.stdout.isatty()
+
+    async def go() -> Any:
+        from workplex.backends import open_backend
+        from workplex.engine import Engine
+
+        stop_metrics = None
+        if metrics_port is not None:
+            from workplex.overlays.chain import OverlayChain
+            from workplex.overlays.metrics import serve_metrics
+
+            chain = registry.overlays
+            stop_metrics = serve_metrics(
+                metrics_port, registry=chain if isinstance(chain, OverlayChain) else None
+            )
+        the_store = await open_store_or_none(store, no_store, registry)
+        try:
+            be = open_backend(backend, registry, wait_for_workers=wait_for_workers) if backend else None
+            async with registry, Engine(registry, backend=be, store=the_store) as engine:
+                pipeline = engine.load(file)
+                return await drive_with_progress(
+                    engine, run_id, engine.run(pipeline, inputs, run_id=run_id), show
+                )
+        finally:
+            if the_store is not None:
+                await the_store.close()
+            if stop_metrics is not None:
+                stop_metrics.stop()
+
+    try:
+        result = run_async(go())
+    except (PipelineError, ValidationError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(f"run {run_id} cancelled (resume it with: workplex resume {run_id})", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except WorkplexError as exc:
+        fail(str(exc))
+    data = result.to_dict()
+    if as_json:
+        print_json(data)
+    else:
+        summarize_run(data)
+    raise typer.Exit(EXIT_OK if result.status in ("succeeded", "paused") else EXIT_FAILED)
+
+
+@app.command("validate")
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Pipeline files to check.")],
+) -> None:
+    """Check pipeline files without running them; every problem is listed."""
+    from workplex.engine import Engine
+    from workplex.errors import PipelineError
+
+    registry = build_registry()
+    engine = Engine(registry)
+    bad = 0
+    for file in files:
+        try:
+            pipeline = engine.load(file)
+        except PipelineError as exc:
+            bad += 1
+            for problem in exc.problems:
+                typer.echo(f"error: {problem}", err=True)
+            continue
+        typer.echo(f"ok: {file} (pipeline {pipeline.name!r}, {len(pipeline.stages)} stages)")
+    if bad:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# ---- worker / workers (NATS) ----------------------------------------------------------------
+NatsUrl = Annotated[
+    str, typer.Option("--nats", help="NATS server URL.", envvar="WORKPLEX_NATS_URL")
+]
+NatsCreds = Annotated[
+    str | None, typer.Option("--nats-creds", help="NATS credentials file (.creds).")
+]
+TlsCa = Annotated[str | None, typer.Option("--tls-ca", help="CA bundle for a TLS NATS server.")]
+TlsCert = Annotated[str | None, typer.Option("--tls-cert", help="Client certificate (mTLS).")]
+TlsKey = Annotated[str | None, typer.Option("--tls-key", help="Client key (mTLS).")]
+
+
+@app.command("worker")
+def worker_(
+    nats: NatsUrl = "nats://127.0.0.1:4222",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Tasks run at once by this worker.")
+    ] = 16,
+    executors: Annotated[
+        str | None,
+        typer.Option("--executors", help="Offer only these executors (comma-separated)."),
+    ] = None,
+    worker_id: Annotated[str | None, typer.Option("--id", help="Worker id (default host-pid).")] = None,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds to finish running tasks on SIGTERM.")
+    ] = 30.0,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", help="Seconds between heartbeats.")] = 5.0,
+    ack_wait: Annotated[
+        float, typer.Option("--ack-wait", help="Seconds before a silent task is redelivered.")
+    ] = 30.0,
+    max_deliver: Annotated[
+        int, typer.Option("--max-deliver", help="Deliveries before a task is dead-lettered.")
+    ] = 5,
+    fetch_batch: Annotated[int, typer.Option("--fetch-batch", help="Tasks per pull request.")] = 256,
+    replicas: Annotated[int, typer.Option("--replicas", help="Stream replicas (cluster).")] = 1,
+    nats_creds: NatsCreds = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Pull tasks from NATS JetStream for the executors this machine has, until SIGTERM."""
+    from workplex.backends.nats import ConnectOptions, StreamSettings
+    from workplex.errors import ConfigError
+    from workplex.worker import Worker
+
+    registry = build_registry()
+    wanted = [e.strip() for e in executors.split(",") if e.strip()] if executors else None
+    try:
+        worker = Worker(
+            registry,
+            nats,
+            concurrency,
+            wanted,
+            worker_id,
+            heartbeat,
+            grace,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            fetch_batch=fetch_batch,
+            connect_options=ConnectOptions(nats_creds, tls_ca, tls_cert, tls_key),
+            stream_settings=StreamSettings(replicas=replicas),
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"worker {worker.id} on {nats}: {', '.join(worker.executors)} "
+        f"(concurrency {concurrency})",
+        err=True,
+    )
+    run_async(worker.run())
+    typer.echo(f"worker {worker.id} stopped ({worker.completed} tasks run)", err=True)
+
+
+@app.command("workers")
+def workers_(
+    nats: NatsUrl = "nats://127.0.0.1:4222",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the workers as JSON.")] = False,
+    nats_creds: NatsCreds = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """List live workers: id, host, executors, concurrency and load."""
+    from workplex.backends.nats import NatsBackend
+
+    async def go() -> list[dict[str, Any]]:
+        backend = NatsBackend(
+            build_registry(), nats, creds=nats_creds, tls_ca=tls_ca, tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        async with backend:
+            return await backend.workers()
+
+    workers = run_async(go())
+    if as_json:
+        print_json(workers)
+        return
+    if not workers:
+        typer.echo("no live workers")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"workplex workers on {nats}")
+    for col in ("id", "host", "pid", "executors", "concurrency", "load"):
+        table.add_column(col)
+    for w in workers:
+        names = ", ".join(
+            f"{n} ({e.get('security')})" for n, e in sorted((w.get("executors") or {}).items())
+        )
+        table.add_row(
+            str(w.get("id")), str(w.get("host")), str(w.get("pid")), names,
+            str(w.get("concurrency")), str(w.get("load")),
+        )
+    Console().print(table)
+
+
 def main() -> None:
     """Console entry point: turns workplex's own errors into a message and exit code 2."""
     from click.exceptions import Exit as ClickExit

@@ -15,7 +15,8 @@
     │   ├── TaskTimeoutError   (retryable)
     │   └── CircuitOpenError   (retryable, fails fast while a breaker is open)
     ├── BackendError           the distribution layer (NATS, workers)
-    └── StoreError             the run store
+    ├── StoreError             the run store
+    └── RunPaused              raised by an executor (approval) to pause the run until resumed
 
 Foreign exceptions are translated at the boundary with ``raise ... from exc``.
 """
@@ -141,3 +142,10 @@ class BackendError(WorkplexError):
 
 class StoreError(WorkplexError):
     """The run store failed or refused an operation (e.g. the run's lease is held)."""
+
+
+class RunPaused(WorkplexError):
+    """An executor asks the engine to pause the run (e.g. waiting for an approval).
+
+    The engine stores the run as ``paused`` and returns; ``workplex resume`` continues it.
+    """

@@ -7,6 +7,7 @@ a 100,000-item scatter creates ``limit`` coroutines, not 100,000 asyncio Tasks.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -32,7 +33,8 @@ class LocalBackend(Backend):
         registry = self.registry
         secrets = registry.secrets
         calls: dict[str, Call] = {}
-        key = (stage, id(settings)) if settings else None
+        # Chains are cached per (executor, key): the key must be stable across runs.
+        key = (stage, json.dumps(settings, sort_keys=True, default=str)) if settings else None
 
         def call_for(type_: str) -> Call:
             call = calls.get(type_)

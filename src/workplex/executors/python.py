@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from workplex.errors import ExecutorError, PermanentError
 from workplex.executor import Capabilities, Context, Executor, ExecutorConfig, SecurityLevel
@@ -21,7 +21,10 @@ from workplex.executor import Capabilities, Context, Executor, ExecutorConfig, S
 class PythonInput(BaseModel):
     function: str = Field(description="The callable as `module:attribute` (dots allowed in both).")
     args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Named kwargs_ in Python (a field called `kwargs` clashes with the generated __init__).
+    kwargs_: dict[str, Any] = Field(default_factory=dict, alias="kwargs")
+
+    model_config = ConfigDict(populate_by_name=True)
 
     @field_validator("function")
     @classmethod
@@ -87,7 +90,7 @@ class Python(Executor):
 
     async def execute(self, input: PythonInput, ctx: Context) -> Any:
         fn, is_async = self._resolve(input.function)
-        kwargs = dict(input.kwargs)
+        kwargs = dict(input.kwargs_)
         if self.config.pass_context:
             kwargs["ctx"] = ctx
         try:

@@ -1,0 +1,902 @@
+"""The ``nats`` backend: tasks travel over NATS JetStream to ``workplex worker`` processes.
+
+Layout on the server (created idempotently by the controller and by every worker, with
+the settings of :class:`StreamSettings`):
+
+========================  ====================================  ==============================
+name                      subjects                              purpose
+========================  ====================================  ==============================
+``WORKPLEX_TASKS``        ``workplex.tasks.<executor>``         work-queue stream of tasks
+``WORKPLEX_RESULTS``      ``workplex.results.<run>.<stage>``    results, limits retention
+``WORKPLEX_DEAD``         ``workplex.dead.<executor>``          dead letters, limits retention
+``WORKPLEX_ADVISORIES``   ``$JS.EVENT.ADVISORY.CONSUMER.        max-deliveries advisories kept
+                          MAX_DELIVERIES.WORKPLEX_TASKS.*``     until a live party handles them
+``workplex-workers``      KV bucket with a TTL                  live workers and capabilities
+``workplex-payloads``     object store                          payloads/results too large for
+                                                                one message
+========================  ====================================  ==============================
+
+A task message is JSON: ``id``, ``type``, ``payload`` (or ``payload_ref`` into the object
+store), ``metadata``, ``run_id``, ``stage``, ``index``, ``settings`` (the stage's overlay
+settings as canonical JSON text) and ``reply`` (the results subject). It carries the header
+``Nats-Msg-Id: <task id>``, so a task dispatched again (after ``workplex resume``) inside the
+duplicate window is dropped by JetStream. A results message is a JSON list of
+``Result.to_dict()`` objects (or ``{"task_id", "ref"}`` for one kept in the object store).
+
+The controller reads a stage's results with an ordered consumer that starts at the
+beginning of that stage's subject, so after a controller crash it sees every result
+already published, and records the first result per task id (exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from workplex.backends import Backend, OnResult, Validator
+from workplex.errors import BackendError, MissingExtraError, UnknownExecutorError, ValidationError
+from workplex.executor import ErrorInfo, Result, Task
+
+if TYPE_CHECKING:
+    from workplex.registry import Registry
+
+TASKS_STREAM = "WORKPLEX_TASKS"
+RESULTS_STREAM = "WORKPLEX_RESULTS"
+DEAD_STREAM = "WORKPLEX_DEAD"
+ADVISORY_STREAM = "WORKPLEX_ADVISORIES"
+WORKERS_BUCKET = "workplex-workers"
+PAYLOAD_BUCKET = "workplex-payloads"
+DEAD_LETTER_CONSUMER = "workplex-dead-letter"
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.*"
+MSG_ID = "Nats-Msg-Id"
+DEAD_LETTER_ERROR = "DeadLetterError"
+
+# Room left for headers and framing when deciding whether a message fits.
+_HEADROOM = 8 * 1024
+_TOKEN_RE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _nats() -> Any:
+    try:
+        import nats
+        import nats.js.api
+        import nats.js.errors
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingExtraError("nats", "nats-py", "the nats backend") from exc
+    return nats
+
+
+def subject_token(text: str) -> str:
+    """``text`` as one NATS subject token (also a valid consumer name).
+
+    Characters outside ``[A-Za-z0-9_-]`` become ``_`` and a short hash of the original is
+    appended, so two different names never share a token.
+    """
+    token = _TOKEN_RE.sub("_", text)
+    if token != text or not token:
+        token = f"{token}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return token
+
+
+def task_subject(executor: str) -> str:
+    return f"workplex.tasks.{subject_token(executor)}"
+
+
+def dead_subject(executor: str) -> str:
+    return f"workplex.dead.{subject_token(executor)}"
+
+
+def results_subject(run_id: str, stage: str) -> str:
+    return f"workplex.results.{subject_token(run_id)}.{subject_token(stage or '-')}"
+
+
+def durable_name(executor: str) -> str:
+    """The durable pull consumer shared by every worker offering ``executor``."""
+    return f"workplex-{subject_token(executor)}"
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+# ---- connection ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How to reach the NATS server: credentials and TLS, passed through to nats-py.
+
+    Unset fields fall back to ``WORKPLEX_NATS_CREDS``, ``WORKPLEX_NATS_TLS_CA``,
+    ``WORKPLEX_NATS_TLS_CERT`` and ``WORKPLEX_NATS_TLS_KEY``.
+    """
+
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    name: str | None = None
+
+    def resolved(self) -> ConnectOptions:
+        env = os.environ.get
+        return ConnectOptions(
+            creds=self.creds or env("WORKPLEX_NATS_CREDS"),
+            tls_ca=self.tls_ca or env("WORKPLEX_NATS_TLS_CA"),
+            tls_cert=self.tls_cert or env("WORKPLEX_NATS_TLS_CERT"),
+            tls_key=self.tls_key or env("WORKPLEX_NATS_TLS_KEY"),
+            name=self.name,
+        )
+
+
+async def connect(url: str, options: ConnectOptions | None = None) -> Any:
+    """A nats-py client connected to ``url``; ``BackendError`` naming the URL when it fails."""
+    nats = _nats()
+    opts = (options or ConnectOptions()).resolved()
+    kwargs: dict[str, Any] = {
+        "servers": [url.replace("nats+tls://", "tls://")],
+        "connect_timeout": 5,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+    }
+    if opts.name:
+        kwargs["name"] = opts.name
+    if opts.creds:
+        kwargs["user_credentials"] = opts.creds
+    if opts.tls_ca or opts.tls_cert or url.startswith(("tls://", "nats+tls://")):
+        ctx = ssl.create_default_context(cafile=opts.tls_ca)
+        if opts.tls_cert:
+            ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
+        kwargs["tls"] = ctx
+
+    async def quiet(exc: Exception) -> None:
+        # Reconnect noise is expected while a server restarts; failures surface as errors.
+        return None
+
+    kwargs["error_cb"] = quiet
+    try:
+        return await nats.connect(**kwargs)
+    except Exception as exc:
+        raise BackendError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from exc
+
+
+# ---- streams, buckets ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamSettings:
+    """How the streams are created. Defaults suit one server; raise ``replicas`` on a cluster."""
+
+    replicas: int = 1
+    storage: str = "file"
+    """``file`` or ``memory``."""
+    task_max_age: float = 7 * 86400.0
+    """Seconds a queued task may wait for a worker before JetStream drops it."""
+    result_max_age: float = 7 * 86400.0
+    """Seconds results (and large objects) are kept, i.e. how long a run can be resumed."""
+    duplicate_window: float = 3600.0
+    """Seconds during which a task published again with the same id is dropped."""
+    worker_ttl: float = 15.0
+    """Seconds a worker's entry lives in the KV bucket without a heartbeat."""
+
+
+@dataclass
+class Layout:
+    """Handles on the streams and buckets, once created."""
+
+    js: Any
+    workers: Any
+    payloads: Any
+    max_payload: int
+
+
+async def _ensure_stream(js: Any, config: Any) -> None:
+    nats = _nats()
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        # Exists with other settings: bring it to ours (immutable fields raise here).
+        try:
+            await js.update_stream(config)
+        except Exception as exc:
+            raise BackendError(
+                f"stream {config.name} exists with settings that cannot be changed: {exc}"
+            ) from exc
+
+
+async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
+    """Create (or update) every stream and bucket; safe to call from many processes."""
+    nats = _nats()
+    api = nats.js.api
+    js = nc.jetstream(publish_async_max_pending=8192)
+    storage = api.StorageType.MEMORY if settings.storage == "memory" else api.StorageType.FILE
+    common = {"storage": storage, "num_replicas": settings.replicas}
+    try:
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=TASKS_STREAM,
+                subjects=["workplex.tasks.>"],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                max_age=settings.task_max_age,
+                duplicate_window=min(settings.duplicate_window, settings.task_max_age),
+                **common,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=RESULTS_STREAM,
+                subjects=["workplex.results.>"],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=settings.result_max_age,
+                duplicate_window=min(settings.duplicate_window, settings.result_max_age),
+                **common,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=DEAD_STREAM,
+                subjects=["workplex.dead.>"],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=settings.result_max_age,
+                duplicate_window=min(settings.duplicate_window, settings.result_max_age),
+                **common,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=ADVISORY_STREAM,
+                subjects=[MAX_DELIVERIES_ADVISORY],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                max_age=settings.result_max_age,
+                **common,
+            ),
+        )
+        await js.add_consumer(
+            ADVISORY_STREAM,
+            api.ConsumerConfig(
+                durable_name=DEAD_LETTER_CONSUMER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+                max_deliver=-1,
+            ),
+        )
+        kv_config = api.KeyValueConfig(
+            bucket=WORKERS_BUCKET,
+            ttl=settings.worker_ttl,
+            history=1,
+            storage=storage,
+            replicas=settings.replicas,
+        )
+        try:
+            workers = await js.create_key_value(kv_config)
+        except nats.js.errors.BadRequestError:
+            workers = await js.key_value(WORKERS_BUCKET)
+        try:
+            payloads = await js.object_store(PAYLOAD_BUCKET)
+        except nats.js.errors.NotFoundError:
+            payloads = await js.create_object_store(
+                PAYLOAD_BUCKET,
+                api.ObjectStoreConfig(
+                    ttl=settings.result_max_age, storage=storage, replicas=settings.replicas
+                ),
+            )
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(
+            f"cannot set up JetStream streams (is JetStream enabled? nats-server -js): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return Layout(js, workers, payloads, int(nc.max_payload or 1024 * 1024))
+
+
+async def put_blob(layout: Layout, name: str, data: bytes) -> None:
+    await layout.payloads.put(name, data)
+
+
+async def get_blob(layout: Layout, name: str) -> bytes:
+    obj = await layout.payloads.get(name)
+    return bytes(obj.data or b"")
+
+
+# ---- live workers --------------------------------------------------------------------------
+async def live_workers(kv: Any, max_age: float | None = None) -> list[dict[str, Any]]:
+    """Every worker entry in the KV bucket (expired ones are dropped by the bucket's TTL)."""
+    nats = _nats()
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    found: list[dict[str, Any]] = []
+    now = time.time()
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if not entry.value:
+            continue
+        try:
+            data = json.loads(entry.value)
+        except ValueError:
+            continue
+        if max_age is not None and now - float(data.get("updated", now)) > max_age:
+            continue
+        found.append(data)
+    found.sort(key=lambda w: str(w.get("id")))
+    return found
+
+
+def offered(workers: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Executor name -> ids of the live workers offering it."""
+    by_name: dict[str, list[str]] = {}
+    for worker in workers:
+        for name in worker.get("executors") or {}:
+            by_name.setdefault(name, []).append(str(worker.get("id")))
+    return by_name
+
+
+# ---- dead letters --------------------------------------------------------------------------
+def dead_letter_message(deliveries: int) -> str:
+    return f"delivered {deliveries} times without an acknowledgement (worker died?)"
+
+
+async def handle_dead_letter(layout: Layout, advisory: Any) -> None:
+    """Move a task past its max deliveries to ``workplex.dead.<executor>``, report it failed.
+
+    Every step is idempotent (message ids, a missing task means already handled), so the
+    workers and the controller can all run this on the shared durable consumer.
+    """
+    nats = _nats()
+    js = layout.js
+    try:
+        info = json.loads(advisory.data)
+        seq = int(info["stream_seq"])
+        deliveries = int(info.get("deliveries") or 0)
+    except (ValueError, KeyError, TypeError):
+        await advisory.term()
+        return
+    try:
+        raw = await js.get_msg(TASKS_STREAM, seq)
+    except nats.js.errors.NotFoundError:
+        await advisory.ack()  # handled before, or acked at the last moment
+        return
+    try:
+        task = json.loads(raw.data or b"{}")
+        task_id = str(task["id"])
+        executor = str(task["type"])
+        reply = str(task["reply"])
+    except (ValueError, KeyError, TypeError):
+        await js.delete_msg(TASKS_STREAM, seq)
+        await advisory.ack()
+        return
+    subject = dead_subject(executor)
+    headers = {MSG_ID: f"dead:{task_id}", "Workplex-Deliveries": str(deliveries)}
+    await js.publish(subject, raw.data or b"", headers=headers)
+    result = Result.failure(
+        ErrorInfo(
+            DEAD_LETTER_ERROR,
+            dead_letter_message(deliveries),
+            False,
+            {"dead_letter_subject": subject, "deliveries": deliveries},
+        ),
+        task_id=task_id,
+        attempts=deliveries,
+    )
+    await js.publish(reply, dumps([result.to_dict()]), headers={MSG_ID: f"dead:{task_id}"})
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_msg(TASKS_STREAM, seq)
+    await advisory.ack()
+
+
+async def dead_letter_loop(layout: Layout, stop: asyncio.Event) -> None:
+    """Handle max-deliveries advisories until ``stop`` is set (runs in controller and workers)."""
+    nats = _nats()
+    sub = await layout.js.pull_subscribe_bind(DEAD_LETTER_CONSUMER, ADVISORY_STREAM)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(16, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            for msg in msgs:
+                try:
+                    await handle_dead_letter(layout, msg)
+                except Exception:  # left unacked: redelivered to whoever is alive
+                    continue
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+# ---- the backend ---------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """The state of one ``execute`` call."""
+
+    pending: dict[str, int] = field(default_factory=dict)
+    on_result: OnResult | None = None
+    window: asyncio.Semaphore | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    published_all: bool = False
+    seqs: dict[str, int] = field(default_factory=dict)
+    error: BaseException | None = None
+    reported: set[str] = field(default_factory=set)
+    early: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class NatsBackend(Backend):
+    """Publishes tasks to JetStream; ``workplex worker`` processes run them.
+
+    Options: ``creds``, ``tls_ca``, ``tls_cert``, ``tls_key`` (connection), ``replicas``,
+    ``storage``, ``task_max_age``, ``result_max_age``, ``duplicate_window``, ``worker_ttl``
+    (see :class:`StreamSettings`), ``ack_timeout`` (seconds to wait for publish acks).
+    """
+
+    name = "nats"
+
+    def __init__(
+        self,
+        registry: Registry,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        creds: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        replicas: int = 1,
+        storage: str = "file",
+        task_max_age: float = 7 * 86400.0,
+        result_max_age: float = 7 * 86400.0,
+        duplicate_window: float = 3600.0,
+        worker_ttl: float = 15.0,
+        ack_timeout: float = 10.0,
+        wait_for_workers: float = 0.0,
+        **unknown: Any,
+    ) -> None:
+        super().__init__(registry)
+        if unknown:
+            raise BackendError(f"nats backend: unknown option(s) {', '.join(sorted(unknown))}")
+        self.url = url
+        self.connect_options = ConnectOptions(
+            creds, tls_ca, tls_cert, tls_key, "workplex-controller"
+        )
+        self.settings = StreamSettings(
+            replicas=replicas,
+            storage=storage,
+            task_max_age=task_max_age,
+            result_max_age=result_max_age,
+            duplicate_window=duplicate_window,
+            worker_ttl=worker_ttl,
+        )
+        self.ack_timeout = ack_timeout
+        self.wait_for_workers = wait_for_workers
+        self._nc: Any = None
+        self._layout: Layout | None = None
+        self._workers: list[dict[str, Any]] = []
+        self._schemas: dict[str, Validator] = {}
+        self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._layout is not None:
+            return
+        self._nc = await connect(self.url, self.connect_options)
+        try:
+            self._layout = await ensure_layout(self._nc, self.settings)
+        except BaseException:
+            await self._nc.close()
+            raise
+        self._stop.clear()
+        self._spawn(dead_letter_loop(self._layout, self._stop))
+        await self.workers()
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in list(self._background):
+            if not task.done():
+                # The dead-letter loop ends by itself within a second; cleanups finish.
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 3.0)
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self._nc = None
+        self._layout = None
+
+    async def __aenter__(self) -> NatsBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            raise BackendError("the nats backend is not open (call open() or use `async with`)")
+        return self._layout
+
+    # ---- workers and validation ----------------------------------------------------------
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live workers with their capabilities (also refreshes the schema cache)."""
+        self._workers = await live_workers(self.layout.workers)
+        self._schemas.clear()
+        return self._workers
+
+    async def check_executors(self, names: Iterable[str], *, wait: float = 0.0) -> None:
+        wanted = sorted(set(names))
+        wait = max(wait, self.wait_for_workers)
+        deadline = time.monotonic() + wait
+        while True:
+            by_name = offered(await self.workers())
+            missing = [n for n in wanted if n not in by_name]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        if by_name:
+            have = "; ".join(f"{n} ({', '.join(ids)})" for n, ids in sorted(by_name.items()))
+            what = f"live workers offer: {have}"
+        else:
+            what = (
+                f"no worker is live in bucket {WORKERS_BUCKET!r} "
+                "(start one with `workplex worker`)"
+            )
+        waited = f" after waiting {wait:g}s" if wait > 0 else ""
+        raise BackendError(
+            f"no live worker offers executor(s) {', '.join(repr(n) for n in missing)}{waited}; "
+            f"{what}. Use --wait-for-workers SECONDS to wait for one."
+        )
+
+    def validator(self, executor: str) -> Validator | None:
+        """The local Input model when installed here, else the schema workers advertise."""
+        if executor in self.registry:
+            cls = self.registry.executor_class(executor)
+
+            def check_model(payload: Any) -> Any:
+                try:
+                    return cls.Input.model_validate(payload)
+                except PydanticValidationError as exc:
+                    raise ValidationError.from_pydantic(executor, exc) from exc
+
+            return check_model
+        cached = self._schemas.get(executor)
+        if cached is None:
+            schema = self._advertised_schema(executor)
+            if schema is None:
+                return None
+            cached = self._schemas[executor] = schema_validator(executor, schema)
+        return cached
+
+    def input_model(self, executor: str) -> Any:
+        """For the engine's load-time checks: the Input model of ``executor``.
+
+        Installed here: the local model. Offered only by workers: an object with
+        ``model_validate`` that checks against the JSON Schema they advertise. Unknown
+        everywhere: ``UnknownExecutorError`` listing what is offered (None while
+        ``wait_for_workers`` lets a worker still appear).
+        """
+        if executor in self.registry:
+            return self.registry.executor_class(executor).Input
+        if self._advertised_schema(executor) is not None:
+            return _SchemaModel(executor, self)
+        if self.wait_for_workers > 0:
+            return None
+        local = set(self.registry.names())
+        by_name = offered(self._workers)
+        known = ", ".join(sorted(local | set(by_name))) or "(none)"
+        raise UnknownExecutorError(
+            f"unknown executor {executor!r}: not installed here and no live worker offers it. "
+            f"Available executors: {known}",
+            [("type", f"unknown executor {executor!r}")],
+        )
+
+    def _advertised_schema(self, executor: str) -> dict[str, Any] | None:
+        for w in self._workers:
+            ad = (w.get("executors") or {}).get(executor)
+            if ad is not None and isinstance(ad.get("input_schema"), dict):
+                schema: dict[str, Any] = ad["input_schema"]
+                return schema
+        return None
+
+    # ---- execution ---------------------------------------------------------------------
+    async def execute(
+        self,
+        tasks: Iterable[Task],
+        *,
+        run_id: str,
+        stage: str,
+        limit: int,
+        on_result: OnResult,
+        settings: Mapping[str, Any] | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        nats = _nats()
+        js = self.layout.js
+        reply = results_subject(run_id, stage)
+        settings_text = json.dumps(settings, sort_keys=True, default=str) if settings else None
+        run = _Run(on_result=on_result, window=asyncio.Semaphore(max(1, limit)))
+        # Subscribe before publishing, from the start of the subject: results of tasks
+        # finished before a controller crash are seen too.
+        sub = await js.subscribe(
+            reply,
+            stream=RESULTS_STREAM,
+            ordered_consumer=True,
+            cb=self._collector(run),
+            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+        )
+
+        async def publish() -> None:
+            try:
+                await self._publish_all(run, tasks, run_id, stage, reply, settings_text)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                run.error = exc
+            else:
+                run.published_all = True
+                if not run.pending:
+                    run.done.set()
+                return
+            run.done.set()
+
+        publisher = asyncio.ensure_future(publish())
+        try:
+            await run.done.wait()
+            if run.error is not None:
+                raise run.error
+        except BaseException:
+            if run.pending and run.seqs:
+                # Withdraw the queued tasks nobody reported yet (best effort, in background).
+                self._spawn(self._withdraw([run.seqs[t] for t in run.pending if t in run.seqs]))
+            raise
+        finally:
+            if not publisher.done():
+                publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _publish_all(
+        self,
+        run: _Run,
+        tasks: Iterable[Task],
+        run_id: str,
+        stage: str,
+        reply: str,
+        settings_text: str | None,
+    ) -> None:
+        layout = self.layout
+        js = layout.js
+        limit_bytes = layout.max_payload - _HEADROOM
+        window = run.window
+        assert window is not None
+        acks: list[tuple[str, asyncio.Future[Any]]] = []
+        checks: dict[str, Any] = {}
+        for index, task in enumerate(tasks):
+            tid = task.id
+            await window.acquire()
+            early = run.early.pop(tid, None)
+            if early is not None:
+                # Finished before a controller crash: report it, do not dispatch again.
+                run.reported.add(tid)
+                await self._report(run, index, tid, early, release=True)
+                continue
+            check = checks.get(task.type, _UNSET)
+            if check is _UNSET:
+                check = checks[task.type] = self.validator(task.type)
+            if check is not None:
+                try:
+                    check(task.payload)
+                except ValidationError as exc:
+                    # Refused before it is queued, like the local backend would.
+                    run.reported.add(tid)
+                    assert run.on_result is not None
+                    run.on_result(index, Result.failure(exc, task_id=tid))
+                    window.release()
+                    continue
+            run.pending[tid] = index
+            message: dict[str, Any] = {
+                "id": tid,
+                "type": task.type,
+                "payload": task.payload,
+                "run_id": run_id,
+                "stage": stage,
+                "index": index,
+                "settings": settings_text,
+                "reply": reply,
+            }
+            if task.metadata:
+                message["metadata"] = task.metadata
+            data = dumps(message)
+            if len(data) > limit_bytes:
+                ref = f"payload/{tid}"
+                await put_blob(layout, ref, dumps(task.payload))
+                del message["payload"]
+                message["payload_ref"] = ref
+                data = dumps(message)
+            fut = await js.publish_async(task_subject(task.type), data, headers={MSG_ID: tid})
+            acks.append((tid, fut))
+            if len(acks) >= 1024:
+                await self._confirm(run, acks)
+                acks = []
+        if acks:
+            await self._confirm(run, acks)
+
+    async def _confirm(self, run: _Run, acks: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        try:
+            done = await asyncio.wait_for(
+                asyncio.gather(*(f for _, f in acks)), self.ack_timeout
+            )
+        except TimeoutError as exc:
+            raise BackendError(
+                f"JetStream did not acknowledge {len(acks)} published task(s) within "
+                f"{self.ack_timeout:g}s (stream {TASKS_STREAM})"
+            ) from exc
+        except Exception as exc:
+            raise BackendError(
+                f"publishing tasks to {TASKS_STREAM} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        for (tid, _), ack in zip(acks, done, strict=True):
+            run.seqs[tid] = ack.seq
+
+    async def _report(
+        self, run: _Run, index: int, tid: str, item: dict[str, Any], *, release: bool
+    ) -> None:
+        try:
+            if "ref" in item:
+                item = json.loads(await get_blob(self.layout, item["ref"]))
+            result = Result.from_dict(item)
+        except Exception as exc:
+            result = Result.failure(
+                BackendError(f"cannot read the result of task {tid}: {exc}"), task_id=tid
+            )
+        assert run.on_result is not None and run.window is not None
+        run.on_result(index, result)
+        if release:
+            run.window.release()
+
+    def _collector(self, run: _Run) -> Callable[[Any], Any]:
+        async def on_message(msg: Any) -> None:
+            if run.done.is_set():
+                return
+            try:
+                items = json.loads(msg.data)
+            except ValueError:
+                return
+            if isinstance(items, dict):
+                items = [items]
+            for item in items:
+                tid = item.get("task_id")
+                index = run.pending.pop(tid, None)
+                if index is None:
+                    if tid not in run.reported:
+                        run.early[tid] = item  # may be a task not dispatched yet (resume)
+                    continue
+                run.reported.add(tid)
+                try:
+                    await self._report(run, index, tid, item, release=True)
+                except BaseException as exc:
+                    run.error = exc
+                    run.done.set()
+                    return
+            if run.published_all and not run.pending:
+                run.done.set()
+
+        return on_message
+
+    async def _withdraw(self, seqs: list[int]) -> None:
+        js = self.layout.js
+
+        async def delete(seq: int) -> None:
+            with contextlib.suppress(Exception):
+                await js.delete_msg(TASKS_STREAM, seq)
+
+        for start in range(0, len(seqs), 256):
+            await asyncio.gather(*(delete(s) for s in seqs[start : start + 256]))
+
+
+_UNSET: Any = object()
+
+
+class _SchemaModel:
+    """Quacks like a pydantic model class for ``model_validate`` only (load-time checks of
+    inputs for executors that only workers have), raising pydantic's ValidationError."""
+
+    def __init__(self, executor: str, backend: NatsBackend) -> None:
+        self.executor = executor
+        self.backend = backend
+
+    def model_validate(self, payload: Any) -> Any:
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        check = self.backend.validator(self.executor)
+        if check is None:
+            return payload
+        try:
+            return check(payload)
+        except ValidationError as exc:
+            details = [
+                InitErrorDetails(
+                    type=PydanticCustomError("schema", "{reason}", {"reason": reason}),
+                    loc=tuple(p for p in path.split(".") if p and p != "(payload)"),
+                    input=payload,
+                )
+                for path, reason in exc.errors
+            ]
+            raise PydanticValidationError.from_exception_data(self.executor, details) from None
+
+
+def schema_validator(executor: str, schema: Mapping[str, Any]) -> Validator:
+    """A payload check from a JSON Schema a worker advertised (compiled once)."""
+    try:
+        import jsonschema  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise MissingExtraError(
+            "nats", "jsonschema", "validating tasks for remote executors"
+        ) from exc
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    checker = cls(schema)
+
+    def check(payload: Any) -> Any:
+        problems = sorted(checker.iter_errors(payload), key=lambda e: list(e.absolute_path))
+        if problems:
+            errors = [
+                (".".join(str(p) for p in e.absolute_path) or "(payload)", e.message)
+                for e in problems
+            ]
+            lines = "; ".join(f"{p}: {m}" for p, m in errors)
+            raise ValidationError(
+                f"invalid input for executor {executor!r} (schema advertised by its workers): "
+                f"{lines}",
+                errors,
+            )
+        return payload
+
+    return check
+
+
+__all__ = [
+    "ADVISORY_STREAM",
+    "DEAD_STREAM",
+    "PAYLOAD_BUCKET",
+    "RESULTS_STREAM",
+    "TASKS_STREAM",
+    "WORKERS_BUCKET",
+    "ConnectOptions",
+    "Layout",
+    "NatsBackend",
+    "StreamSettings",
+    "connect",
+    "dead_letter_loop",
+    "durable_name",
+    "ensure_layout",
+    "live_workers",
+    "results_subject",
+    "schema_validator",
+    "subject_token",
+    "task_subject",
+]

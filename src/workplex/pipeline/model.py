@@ -1,0 +1,249 @@
+"""The pipeline model: what a pipeline file says, as Pydantic models.
+
+The same pipeline can be written in YAML or built in Python::
+
+    >>> from workplex.pipeline import Pipeline, Stage
+    >>> p = Pipeline(
+    ...     name="hello",
+    ...     inputs={"who": {"type": "string", "default": "world"}},
+    ...     stages=[Stage(name="greet", executor="echo", input={"greeting": "$.trigger.who"})],
+    ... )
+    >>> p.stages[0].mode
+    'single'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+RESERVED_ROOTS = frozenset({"trigger", "env", "secrets", "group", "run"})
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like ``500ms``, ``30s``, ``2m``, ``1h``, ``7d``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like '30s'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 30s, 2m, 1h)")
+
+
+InputType = Literal["string", "number", "integer", "boolean", "array", "object", "any"]
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+class InputSpec(BaseModel):
+    """One declared run input."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: InputType = "any"
+    default: Any = None
+    required: bool | None = None
+    description: str = ""
+
+    @property
+    def is_required(self) -> bool:
+        if self.required is not None:
+            return self.required
+        return "default" not in self.model_fields_set
+
+    def check(self, name: str, value: Any) -> Any:
+        """The value, converted from a CLI string when needed; ValueError when it does not fit."""
+        if self.type == "any":
+            return value
+        if isinstance(value, str) and self.type != "string":
+            value = _from_text(value, self.type)
+        ok = isinstance(value, _PY_TYPES[self.type])
+        if self.type in ("number", "integer") and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise ValueError(f"input {name!r} must be of type {self.type}, got {type(value).__name__}")
+        return value
+
+
+def _from_text(text: str, type_: str) -> Any:
+    import json
+
+    try:
+        if type_ == "integer":
+            return int(text)
+        if type_ == "number":
+            return float(text)
+        if type_ == "boolean":
+            low = text.strip().lower()
+            if low in ("true", "yes", "1", "on"):
+                return True
+            if low in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class ScatterSpec(BaseModel):
+    """``scatter: {input: $.trigger.files, as: file}``: one task per item."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    input: Any
+    as_: str = Field(default="item", alias="as")
+
+    @field_validator("as_")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be a simple name (letters, digits, _ and -)")
+        return v
+
+
+class GatherSpec(BaseModel):
+    """``gather: {stage: fetch, group_by: $.kind}``: a barrier on an earlier stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    group_by: str | None = None
+
+
+class Stage(BaseModel):
+    """One stage of a pipeline."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str
+    mode: str = "single"
+    executor: str | None = None
+    input: Any = Field(default_factory=dict)
+    scatter: ScatterSpec | None = None
+    gather: GatherSpec | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    needs: list[str] | None = None
+    timeout: float | None = None
+    retry: dict[str, Any] | None = None
+    overlays: dict[str, Any] | None = None
+    if_: str | None = Field(default=None, alias="if")
+    continue_on_error: bool = False
+    fail_on_nonzero: bool = True
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _stage_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("a stage name must start with a letter or _ and use letters, digits, _ and -")
+        if v in RESERVED_ROOTS:
+            raise ValueError(f"{v!r} is reserved for expressions ($.{v})")
+        return v
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("if_")
+    @classmethod
+    def _if(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("$"):
+            raise ValueError("must be a JSONPath expression starting with '$'")
+        return v
+
+    @field_validator("needs", mode="before")
+    @classmethod
+    def _needs(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def overlay_settings(self) -> dict[str, Any]:
+        """This stage's own overlay settings: ``overlays:`` plus ``retry:`` and ``timeout:``."""
+        settings: dict[str, Any] = dict(self.overlays or {})
+        if self.retry is not None:
+            settings["retry"] = self.retry
+        if self.timeout is not None:
+            settings["timeout"] = self.timeout
+        return settings
+
+
+class Pipeline(BaseModel):
+    """A named list of stages with declared run inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    stages: list[Stage]
+
+    # Where it came from (not part of the document): for error messages and resume.
+    _path: str | None = None
+    _source: str | None = None
+    _marks: dict[tuple[Any, ...], int] | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: (s if s is not None else {}) for k, s in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> Pipeline:
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one stage")
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"stage name {stage.name!r} is used twice")
+            seen.add(stage.name)
+        return self
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_document(self) -> dict[str, Any]:
+        """A JSON-able document that ``from_document`` turns back into this pipeline."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any], path: str | None = None) -> Pipeline:
+        p = cls.model_validate(doc)
+        p._path = path
+        return p
+
+    def line_of(self, *loc: Any) -> int | None:
+        """The YAML line of the deepest known key along ``loc`` (1-based), if known."""
+        if not self._marks:
+            return None
+        key = tuple(loc)
+        while key:
+            if key in self._marks:
+                return self._marks[key]
+            key = key[:-1]
+        return None

@@ -1,0 +1,293 @@
+"""Checking a pipeline against the installed executors and patterns, and compiling it once.
+
+The result, a ``Plan``, holds per stage: the pattern and its validated config, compiled
+templates, the ``if`` expression, dependencies, and the overlay settings. Every problem is
+collected, so ``workplex validate`` reports all of them at once, each naming the file, the
+line, the stage and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from workplex.errors import PipelineError, ValidationError
+from workplex.pipeline.expressions import Expr, Template, compile_expr, compile_template
+from workplex.pipeline.model import RESERVED_ROOTS, Pipeline, Stage
+
+if TYPE_CHECKING:
+    from workplex.patterns import Pattern, PatternRegistry
+    from workplex.registry import Registry
+
+
+@dataclass(eq=False)
+class StagePlan:
+    stage: Stage
+    pattern: Pattern
+    config: Any
+    templates: dict[str, Template]
+    executors: list[str]
+    needs: list[str]
+    gathers: str | None
+    condition: Expr | None
+    settings: dict[str, Any]
+    scatter_input: Expr | None = None
+    downstream_gathers: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+
+@dataclass(eq=False)
+class Plan:
+    pipeline: Pipeline
+    stages: dict[str, StagePlan]
+    order: list[str]
+
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Run inputs checked against the declared ones (defaults filled, types converted)."""
+        given = dict(inputs or {})
+        declared = self.pipeline.inputs
+        out: dict[str, Any] = {}
+        problems = []
+        for name, spec in declared.items():
+            if name in given:
+                try:
+                    out[name] = spec.check(name, given.pop(name))
+                except ValueError as exc:
+                    problems.append(str(exc))
+            elif spec.is_required:
+                problems.append(f"input {name!r} is required ({spec.type})")
+            else:
+                out[name] = spec.default
+        if given and declared:
+            problems.append(
+                f"unknown input(s) {', '.join(sorted(given))}; declared: {', '.join(declared)}"
+            )
+        elif given:
+            out.update(given)
+        if problems:
+            raise ValidationError(
+                f"pipeline {self.pipeline.name!r}: " + "; ".join(problems),
+                [("inputs", p) for p in problems],
+            )
+        return out
+
+
+def _where(pipeline: Pipeline, stage_index: int | None, *loc: Any) -> str:
+    src = pipeline.path or f"pipeline {pipeline.name!r}"
+    if stage_index is None:
+        line = pipeline.line_of(*loc)
+        return f"{src}{f':{line}' if line else ''}"
+    line = pipeline.line_of("stages", stage_index, *loc)
+    return f"{src}{f':{line}' if line else ''}"
+
+
+def build_plan(
+    pipeline: Pipeline,
+    registry: Registry,
+    patterns: PatternRegistry,
+    *,
+    check_executor: Any = None,
+) -> Plan:
+    """Check and compile ``pipeline``; raises ``PipelineError`` listing every problem.
+
+    ``check_executor(name)`` may replace the local registry lookup (a distributed backend
+    knows executors that only its workers have); it returns an Input model class, or None
+    when the input cannot be checked statically, and raises ``ValidationError`` if unknown.
+    """
+    problems: list[str] = []
+    names = [s.name for s in pipeline.stages]
+    index_of = {n: i for i, n in enumerate(names)}
+    plans: dict[str, StagePlan] = {}
+
+    def problem(i: int | None, stage: str | None, fld: str, msg: str, *loc: Any) -> None:
+        where = _where(pipeline, i, *loc)
+        label = f"stage {stage!r}: " if stage else ""
+        fld_label = f"field {fld!r}: " if fld else ""
+        problems.append(f"{where}: {label}{fld_label}{msg}")
+
+    # Dependencies: explicit needs, or the stage before.
+    needs: dict[str, list[str]] = {}
+    for i, stage in enumerate(pipeline.stages):
+        if stage.needs is None:
+            needs[stage.name] = [names[i - 1]] if i > 0 else []
+        else:
+            for dep in stage.needs:
+                if dep not in index_of:
+                    problem(i, stage.name, "needs", f"unknown stage {dep!r}", "needs")
+                elif dep == stage.name:
+                    problem(i, stage.name, "needs", "a stage cannot need itself", "needs")
+            needs[stage.name] = [d for d in stage.needs if d in index_of and d != stage.name]
+
+    # Cycles.
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, trail: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = [*trail[trail.index(n) :], n]
+            problem(index_of[n], n, "needs", "cycle in needs: " + " -> ".join(cycle), "needs")
+            return
+        state[n] = 1
+        for d in needs[n]:
+            visit(d, [*trail, n])
+        state[n] = 2
+        order.append(n)
+
+    for n in names:
+        visit(n, [])
+
+    def ancestors(n: str) -> set[str]:
+        seen: set[str] = set()
+        stack = list(needs[n])
+        while stack:
+            d = stack.pop()
+            if d not in seen:
+                seen.add(d)
+                stack.extend(needs[d])
+        return seen
+
+    overlays = registry.overlays
+    validate_overlays = getattr(overlays, "validate", None)
+
+    for i, stage in enumerate(pipeline.stages):
+        pattern = patterns.get(stage.mode)
+        if pattern is None:
+            problem(
+                i, stage.name, "mode",
+                f"unknown pattern {stage.mode!r}; installed: {', '.join(patterns.names())}", "mode",
+            )
+            continue
+        try:
+            config = pattern.Config.model_validate(stage.config)
+        except PydanticValidationError as exc:
+            for err in exc.errors(include_url=False):
+                dotted = ".".join(str(p) for p in err.get("loc", ()))
+                msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg")
+                problem(i, stage.name, f"config.{dotted}" if dotted else "config",
+                        f"{msg} (pattern {stage.mode!r})", "config", *err.get("loc", ()))
+            continue
+        for msg in pattern.check(stage, config):
+            problem(i, stage.name, "", msg, "mode")
+        if pattern.needs_executor and not stage.executor:
+            problem(i, stage.name, "executor", f"mode {stage.mode!r} needs an executor")
+        executors = pattern.executors(stage, config)
+        input_models: dict[str, Any] = {}
+        for ex in executors:
+            try:
+                if check_executor is not None:
+                    input_models[ex] = check_executor(ex)
+                else:
+                    input_models[ex] = registry.executor_class(ex).Input
+            except ValidationError as exc:
+                problem(i, stage.name, "executor", str(exc), "executor")
+        settings = stage.overlay_settings()
+        if settings and validate_overlays is not None:
+            try:
+                validate_overlays(settings, f"stage {stage.name!r}")
+            except Exception as exc:
+                problem(i, stage.name, "", str(exc), "retry" if stage.retry else "overlays")
+
+        # Expressions: compile, check their roots, validate static inputs.
+        allowed = ancestors(stage.name)
+        locals_ = pattern.locals(stage, config)
+        gathers = pattern.gathers(stage)
+        if gathers is not None:
+            if gathers not in index_of:
+                problem(i, stage.name, "gather.stage", f"unknown stage {gathers!r}", "gather", "stage")
+            elif gathers == stage.name:
+                problem(i, stage.name, "gather.stage", "a stage cannot gather itself", "gather", "stage")
+            else:
+                # A gather implicitly needs the stage it gathers (it waits on its tasks).
+                if gathers not in needs[stage.name]:
+                    needs[stage.name].append(gathers)
+                allowed = allowed | {gathers} | ancestors(gathers)
+
+        def check_roots(
+            expr: Expr, fld: str, *loc: Any,
+            i: int = i, stage: Stage = stage, locals_: set[str] = locals_, allowed: set[str] = allowed,
+        ) -> None:
+            root = expr.root
+            if root is None or root in RESERVED_ROOTS or root in locals_:
+                return
+            if root not in index_of:
+                problem(i, stage.name, fld, f"{expr.text!r} refers to unknown stage {root!r}", *loc)
+            elif root not in allowed:
+                when = "later" if index_of[root] > i else "in parallel"
+                problem(
+                    i, stage.name, fld,
+                    f"{expr.text!r} refers to stage {root!r}, which runs {when}; "
+                    f"add it to this stage's `needs`", *loc,
+                )
+
+        templates: dict[str, Template] = {}
+        for key, (value, executor) in pattern.templates(stage, config).items():
+            loc: tuple[Any, ...] = tuple(key.split("."))
+            try:
+                tpl = compile_template(value, f"stage {stage.name!r}: {key}")
+            except PipelineError as exc:
+                problem(i, stage.name, key, str(exc).split(": ", 2)[-1], *loc)
+                continue
+            templates[key] = tpl
+            for path, expr in tpl.exprs:
+                check_roots(expr, f"{key}.{path}" if path else key, *loc)
+            targets = executor if isinstance(executor, list) else [executor] if executor else []
+            for target in targets:
+                model = input_models.get(target)
+                if not tpl.constant or model is None:
+                    continue
+                try:
+                    model.model_validate(tpl.render({}))
+                except PydanticValidationError as exc:
+                    for err in exc.errors(include_url=False):
+                        sub = ".".join(str(p) for p in err.get("loc", ()))
+                        problem(i, stage.name, f"{key}.{sub}" if sub else key,
+                                f"{err.get('msg')} (executor {target!r})", *loc, *err.get("loc", ()))
+
+        condition = None
+        if stage.if_ is not None:
+            try:
+                condition = compile_expr(stage.if_)
+                check_roots(condition, "if", "if")
+            except PipelineError as exc:
+                problem(i, stage.name, "if", str(exc), "if")
+        scatter_input = None
+        if stage.scatter is not None:
+            if isinstance(stage.scatter.input, str) and stage.scatter.input.startswith("$"):
+                try:
+                    scatter_input = compile_expr(stage.scatter.input)
+                    check_roots(scatter_input, "scatter.input", "scatter", "input")
+                except PipelineError as exc:
+                    problem(i, stage.name, "scatter.input", str(exc), "scatter", "input")
+            elif not isinstance(stage.scatter.input, list):
+                problem(i, stage.name, "scatter.input",
+                        "must be an expression ($.path) or a list", "scatter", "input")
+        plans[stage.name] = StagePlan(
+            stage=stage,
+            pattern=pattern,
+            config=config,
+            templates=templates,
+            executors=executors,
+            needs=needs[stage.name],
+            gathers=gathers,
+            condition=condition,
+            settings=settings,
+            scatter_input=scatter_input,
+        )
+
+    if problems:
+        raise PipelineError(
+            problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n" + "\n".join(problems),
+            problems,
+        )
+    for p in plans.values():
+        if p.gathers:
+            plans[p.gathers].downstream_gathers.append(p.name)
+    return Plan(pipeline=pipeline, stages=plans, order=order)

@@ -1,0 +1,541 @@
+"""``workplex worker``: pulls the tasks it can run from NATS JetStream and returns Results.
+
+A worker owns a Registry (same config file and entry points as the controller) and binds
+one durable pull consumer per executor type it offers (``workplex-<executor>``, filter
+``workplex.tasks.<executor>``), shared with every other worker offering that type: work
+goes only where the capability is, and workers of one type share it.
+
+Per task: decode, validate with the executor's Input model, run through the same overlays
+(``registry.call_for(type, settings)``), publish the Result to the run's results subject,
+wait for JetStream's publish ack, then ack the task. A Result is final, success or failure
+(retries already happened inside the overlays). A payload that cannot be processed (bad
+JSON, invalid input) is reported failed and terminated (``term``); a task whose executor
+cannot start at all is handed back with a delayed ``nak``. Long tasks send in-progress
+acks, so the ack wait only has to cover a dead worker, not a slow task.
+
+SIGTERM: stop pulling, hand back queued tasks, finish running ones within ``grace``
+seconds, hand back the rest, remove this worker from the KV bucket, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from workplex.backends.nats import (
+    MSG_ID,
+    TASKS_STREAM,
+    ConnectOptions,
+    Layout,
+    StreamSettings,
+    _nats,
+    connect,
+    dead_letter_loop,
+    dumps,
+    durable_name,
+    ensure_layout,
+    get_blob,
+    put_blob,
+    task_subject,
+)
+from workplex.errors import ConfigError, ValidationError
+from workplex.executor import Context, Result
+from workplex.registry import Call, run_call
+
+if TYPE_CHECKING:
+    from workplex.registry import Registry
+
+_HEADROOM = 8 * 1024
+_KEY_RE = re.compile(r"[^-/_=.a-zA-Z0-9]")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class _Slots:
+    """How many tasks this worker holds (queued or running) or has asked the server for."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self.reserved = 0
+        self.changed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.held - self.reserved
+
+    def release(self, n: int = 1) -> None:
+        self.held -= n
+        self.changed.set()
+
+
+class _Pull:
+    """A streaming pull on one durable consumer: one pull request at a time, messages are
+    handed to the worker's queue as they arrive (no waiting for a full batch)."""
+
+    def __init__(self, worker: Worker, executor: str) -> None:
+        self.worker = worker
+        self.executor = executor
+        self.durable = durable_name(executor)
+        self.remaining = 0
+        self.ended = asyncio.Event()
+        self.sub: Any = None
+
+    async def on_message(self, msg: Any) -> None:
+        worker = self.worker
+        headers = msg.headers
+        if headers and "Status" in headers and not msg.data:
+            if headers["Status"] != "100":  # 100 is an idle heartbeat; others end the request
+                self.ended.set()
+            return
+        if self.remaining > 0:
+            self.remaining -= 1
+            worker.slots.reserved -= 1
+        if self.remaining == 0:
+            self.ended.set()
+        if worker.stopping.is_set():
+            await msg.nak()  # arrived after the stop: hand it back at once
+            return
+        worker.slots.held += 1
+        worker.track(msg)
+        worker.queue.put_nowait(msg)
+
+    async def loop(self) -> None:
+        worker = self.worker
+        nc = worker.nc
+        inbox = nc.new_inbox()
+        self.sub = await nc.subscribe(inbox, cb=self.on_message, pending_msgs_limit=-1)
+        request_subject = f"$JS.API.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{self.durable}"
+        expires = int(worker.pull_expires * 1e9)
+        slots = worker.slots
+        stopping = worker.stopping
+        low = max(1, min(worker.fetch_batch, slots.capacity) // 4)
+        try:
+            while not stopping.is_set():
+                if slots.free < low and slots.held + slots.reserved > 0:
+                    slots.changed.clear()
+                    await _first(slots.changed.wait(), stopping.wait())
+                    continue
+                n = min(max(slots.free, 1), worker.fetch_batch)
+                self.remaining = n
+                slots.reserved += n
+                self.ended.clear()
+                await nc.publish(
+                    request_subject, dumps({"batch": n, "expires": expires}), reply=inbox
+                )
+                # The request ends fulfilled or expired; keep listening until then even when
+                # stopping, so nothing the server already sent is stranded.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ended.wait(), worker.pull_expires + 2.0)
+                slots.reserved -= self.remaining
+                self.remaining = 0
+                slots.changed.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+
+
+async def _first(*coros: Any) -> None:
+    """Wait until the first of ``coros`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _ResultSender:
+    """Publishes results in batches (one message per results subject carrying many results),
+    waits for JetStream's ack, then acks (or terminates) the task messages."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.buffer: list[tuple[str, str, bytes, Any, bool]] = []
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def add(self, reply: str, tid: str, item: bytes, msg: Any, term: bool = False) -> None:
+        self.buffer.append((reply, tid, item, msg, term))
+        self.idle.clear()
+        self.wake.set()
+
+    async def loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.buffer:
+                batch, self.buffer = self.buffer, []
+                await self.send(batch)
+            self.idle.set()
+
+    async def send(self, batch: list[tuple[str, str, bytes, Any, bool]]) -> None:
+        worker = self.worker
+        layout = worker.layout
+        limit = layout.max_payload - _HEADROOM
+        groups: dict[str, list[tuple[str, str, bytes, Any, bool]]] = {}
+        for entry in batch:
+            groups.setdefault(entry[0], []).append(entry)
+        chunks: list[tuple[str, list[tuple[str, str, bytes, Any, bool]]]] = []
+        for reply, entries in groups.items():
+            chunk: list[tuple[str, str, bytes, Any, bool]] = []
+            size = 2
+            for entry in entries:
+                if len(entry[2]) > limit:
+                    ref = f"result/{entry[1]}"
+                    await put_blob(layout, ref, entry[2])
+                    small = dumps({"task_id": entry[1], "ref": ref})
+                    entry = (entry[0], entry[1], small, entry[3], entry[4])
+                if chunk and size + len(entry[2]) + 1 > limit:
+                    chunks.append((reply, chunk))
+                    chunk, size = [], 2
+                chunk.append(entry)
+                size += len(entry[2]) + 1
+            if chunk:
+                chunks.append((reply, chunk))
+
+        async def publish(reply: str, chunk: list[tuple[str, str, bytes, Any, bool]]) -> None:
+            data = b"[" + b",".join(e[2] for e in chunk) + b"]"
+            headers = {MSG_ID: chunk[0][1]} if len(chunk) == 1 else None
+            try:
+                await layout.js.publish(reply, data, headers=headers)
+            except Exception:
+                # Not recorded: hand the tasks back so they run again (at-least-once).
+                for e in chunk:
+                    worker.untrack(e[3])
+                    with contextlib.suppress(Exception):
+                        await e[3].nak(delay=worker.nak_delay)
+                return
+            for e in chunk:
+                worker.untrack(e[3])
+                with contextlib.suppress(Exception):
+                    await (e[3].term() if e[4] else e[3].ack())
+
+        await asyncio.gather(*(publish(r, c) for r, c in chunks))
+
+
+class Worker:
+    """A process's worth of task execution on NATS. See the module docstring."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        url: str,
+        concurrency: int = 16,
+        executors: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        heartbeat: float = 5.0,
+        grace: float = 30.0,
+        *,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        backoff: Sequence[float] | None = None,
+        max_ack_pending: int = 20_000,
+        fetch_batch: int = 256,
+        pull_expires: float = 1.0,
+        nak_delay: float = 5.0,
+        connect_options: ConnectOptions | None = None,
+        stream_settings: StreamSettings | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1 (got {concurrency})")
+        self.registry = registry
+        self.url = url
+        self.concurrency = concurrency
+        self.id = _KEY_RE.sub("_", worker_id or default_worker_id())
+        self.heartbeat = heartbeat
+        self.grace = grace
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.backoff = list(backoff) if backoff else None
+        self.max_ack_pending = max_ack_pending
+        self.fetch_batch = max(1, fetch_batch)
+        self.pull_expires = pull_expires
+        self.nak_delay = nak_delay
+        self.connect_options = connect_options or ConnectOptions(name=f"workplex-worker {self.id}")
+        self.stream_settings = stream_settings or StreamSettings()
+        self.executors = self._choose(executors)
+        self.slots = _Slots(concurrency)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stopping = asyncio.Event()
+        self.nc: Any = None
+        self._layout: Layout | None = None
+        self._unacked: dict[int, list[Any]] = {}
+        self._calls: dict[tuple[str, str | None], Call] = {}
+        self._started = time.time()
+        self.completed = 0
+
+    def _choose(self, wanted: Sequence[str] | None) -> list[str]:
+        """The executors to offer: enabled, allowed by ``max_security``, and asked for."""
+        registry = self.registry
+        allowed = [
+            n
+            for n in registry.names()
+            if registry.max_security.allows(registry._entries[n].cls.security)
+        ]
+        if wanted:
+            unknown = [n for n in wanted if n not in allowed]
+            if unknown:
+                raise ConfigError(
+                    f"--executors: {', '.join(unknown)} not available on this worker "
+                    "(installed, enabled and allowed by max_security: "
+                    f"{', '.join(allowed) or 'none'})"
+                )
+            allowed = [n for n in allowed if n in wanted]
+        if not allowed:
+            raise ConfigError("this worker offers no executor (all disabled or refused)")
+        return allowed
+
+    @property
+    def layout(self) -> Layout:
+        assert self._layout is not None, "worker not started"
+        return self._layout
+
+    # ---- bookkeeping for in-progress acks ------------------------------------------------
+    def track(self, msg: Any) -> None:
+        self._unacked[id(msg)] = [msg, time.monotonic()]
+
+    def untrack(self, msg: Any) -> None:
+        self._unacked.pop(id(msg), None)
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream that held tasks are still being worked on (one ticker for all)."""
+        interval = max(0.2, self.ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for entry in list(self._unacked.values()):
+                if now - entry[1] >= interval * 0.9:
+                    entry[1] = now
+                    with contextlib.suppress(Exception):
+                        await entry[0].in_progress()
+
+    # ---- capabilities --------------------------------------------------------------------
+    def advertisement(self) -> dict[str, Any]:
+        executors = {}
+        for name in self.executors:
+            info = self.registry.info(name)
+            executors[name] = {
+                "security": info.security.value,
+                "version": info.version,
+                "description": info.description,
+                "input_schema": info.input_schema,
+            }
+        return {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "executors": executors,
+            "concurrency": self.concurrency,
+            "load": self.slots.held,
+            "completed": self.completed,
+            "max_security": self.registry.max_security.value,
+            "started": self._started,
+            "updated": time.time(),
+        }
+
+    async def _heartbeat(self) -> None:
+        kv = self.layout.workers
+        while True:
+            with contextlib.suppress(Exception):
+                await kv.put(self.id, dumps(self.advertisement()))
+            await asyncio.sleep(self.heartbeat)
+
+    # ---- consumers -----------------------------------------------------------------------
+    async def _bind(self) -> None:
+        api = _nats().js.api
+        for name in self.executors:
+            durable = durable_name(name)
+            await self.layout.js.add_consumer(
+                TASKS_STREAM,
+                api.ConsumerConfig(
+                    name=durable,
+                    durable_name=durable,
+                    filter_subject=task_subject(name),
+                    ack_policy=api.AckPolicy.EXPLICIT,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                    ack_wait=self.ack_wait,
+                    max_deliver=self.max_deliver,
+                    backoff=self.backoff,
+                    max_ack_pending=self.max_ack_pending,
+                    max_waiting=512,
+                ),
+            )
+
+    # ---- running tasks -------------------------------------------------------------------
+    def _call(self, type_: str, settings: str | None) -> Call:
+        key = (type_, settings)
+        call = self._calls.get(key)
+        if call is None:
+            parsed = json.loads(settings) if settings else None
+            call = self._calls[key] = self.registry.call_for(type_, parsed, key=settings)
+        return call
+
+    async def _runner(self, sender: _ResultSender) -> None:
+        queue = self.queue
+        while True:
+            msg = await queue.get()
+            if msg is None:
+                return
+            try:
+                await self._process(msg, sender)
+            except asyncio.CancelledError:
+                self.untrack(msg)
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                raise
+            except Exception:
+                self.untrack(msg)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.nak_delay)
+            finally:
+                self.slots.release()
+
+    async def _process(self, msg: Any, sender: _ResultSender) -> None:
+        try:
+            task = json.loads(msg.data)
+            tid = str(task["id"])
+            type_ = str(task["type"])
+            reply = str(task["reply"])
+        except (ValueError, KeyError, TypeError):
+            self.untrack(msg)
+            await msg.term()  # not a task at all: nobody to report to
+            return
+        registry = self.registry
+        try:
+            deliveries = msg.metadata.num_delivered
+        except Exception:
+            deliveries = 1
+        meta = {"worker": self.id, "deliveries": deliveries}
+        if "payload_ref" in task:
+            payload = json.loads(await get_blob(self.layout, task["payload_ref"]))
+        else:
+            payload = task.get("payload")
+        try:
+            entry = registry._entry(type_)
+            model = entry.cls.Input.model_validate(payload)
+        except PydanticValidationError as exc:
+            bad = Result.failure(ValidationError.from_pydantic(type_, exc), task_id=tid)
+            bad.metadata = meta
+            sender.add(reply, tid, dumps(bad.to_dict()), msg, term=True)
+            return
+        except ValidationError as exc:
+            bad = Result.failure(exc, task_id=tid)
+            bad.metadata = meta
+            sender.add(reply, tid, dumps(bad.to_dict()), msg, term=True)
+            return
+        if not entry.started:
+            try:
+                await registry.start(type_)
+            except Exception:
+                # The executor cannot run here right now: another worker (or a later try) may.
+                self.untrack(msg)
+                await msg.nak(delay=self.nak_delay)
+                return
+        ctx = Context(
+            tid,
+            str(task.get("run_id", "")),
+            str(task.get("stage", "")),
+            1,
+            None,
+            entry.config,
+            registry.secrets,
+            task.get("metadata") or {},
+        )
+        call = self._call(type_, task.get("settings"))
+        result = await run_call(entry.executor, call, model, ctx, tid)
+        result.metadata = {**result.metadata, **meta} if result.metadata else meta
+        self.completed += 1
+        sender.add(reply, tid, dumps(result.to_dict()), msg)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler)."""
+        self.stopping.set()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        """Serve until ``stop()`` (or SIGTERM/SIGINT), then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
+        self.nc = await connect(self.url, self.connect_options)
+        background: list[asyncio.Task[Any]] = []
+        pulls: list[asyncio.Task[Any]] = []
+        runners: list[asyncio.Task[Any]] = []
+        dead_stop = asyncio.Event()
+        try:
+            self._layout = await ensure_layout(self.nc, self.stream_settings)
+            await self.registry.startup(self.executors)
+            await self._bind()
+            sender = _ResultSender(self)
+            background = [
+                asyncio.ensure_future(sender.loop()),
+                asyncio.ensure_future(self._keep_alive()),
+                asyncio.ensure_future(self._heartbeat()),
+                asyncio.ensure_future(dead_letter_loop(self.layout, dead_stop)),
+            ]
+            runners = [asyncio.ensure_future(self._runner(sender)) for _ in range(self.concurrency)]
+            pulls = [asyncio.ensure_future(_Pull(self, n).loop()) for n in self.executors]
+            await _first(self.stopping.wait(), asyncio.gather(*pulls, *runners))
+            self.stopping.set()
+            await self._wind_down(pulls, runners, sender)
+        finally:
+            dead_stop.set()
+            for task in (*pulls, *runners, *background):
+                task.cancel()
+            await asyncio.gather(*pulls, *runners, *background, return_exceptions=True)
+            if self._layout is not None:
+                with contextlib.suppress(Exception):
+                    await self.layout.workers.delete(self.id)
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            with contextlib.suppress(Exception):
+                await self.registry.shutdown()
+
+    async def _wind_down(
+        self,
+        pulls: Iterable[asyncio.Task[Any]],
+        runners: list[asyncio.Task[Any]],
+        sender: _ResultSender,
+    ) -> None:
+        # Hand back what is queued but not started, so other workers take it now.
+        while not self.queue.empty():
+            msg = self.queue.get_nowait()
+            if msg is not None:
+                self.untrack(msg)
+                self.slots.release()
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+        for _ in runners:
+            self.queue.put_nowait(None)
+        late: set[asyncio.Task[Any]] = set()
+        if runners:
+            _, late = await asyncio.wait(runners, timeout=self.grace)
+        for task in late:
+            task.cancel()  # the runner naks its task on cancellation
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+        # Results of finished tasks: publish and ack them before leaving.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sender.idle.wait(), 10.0)
+        await asyncio.gather(*pulls, return_exceptions=True)
+        # Messages that arrived during the wind-down were naked on arrival.
+
+
+__all__ = ["Worker", "default_worker_id"]

@@ -1,0 +1,5 @@
+"""Fixtures shared by integration tests of several areas."""
+
+from .postgres_fixture import postgres_url
+
+__all__ = ["postgres_url"]
