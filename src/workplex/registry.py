@@ -365,6 +365,15 @@ class Registry:
             entry.calls[key] = call
         return call
 
+    def prepare(
+        self, name: str, settings: Mapping[str, Any] | None = None, key: Any = None
+    ) -> Prepared:
+        """Look up ``name`` once for many tasks: its executor, validator and overlay chain.
+
+        Raises ``UnknownExecutorError`` / ``SecurityRefusedError`` like ``get``."""
+        entry = self._entry(name)
+        return Prepared(self, entry, self.call_for(name, settings, key))
+
     def context(self, task: Task, *, run_id: str = "", stage: str = "") -> Context:
         entry = self._entries.get(task.type)
         return Context(
@@ -399,6 +408,33 @@ class Registry:
         return await run_call(entry.executor, call, model, ctx, task.id)
 
 
+def ok_result(
+    executor: Executor, out: Any, start: float, t0: float, ctx: Context, task_id: str
+) -> Result:
+    """The Result of a call that returned ``out`` (timing from ``start``/``t0``)."""
+    duration = time.perf_counter() - t0
+    if isinstance(out, BaseModel):
+        exit_code = executor.exit_code(out)
+        out = out.model_dump(mode="json")
+    else:
+        exit_code = None
+    return Result(
+        True, out, None, exit_code,
+        metrics=Metrics(start, start + duration, duration, ctx.attempt),
+        task_id=task_id,
+    )
+
+
+def failed_result(exc: BaseException, start: float, t0: float, ctx: Context, task_id: str) -> Result:
+    """The Result of a call that raised ``exc``."""
+    duration = time.perf_counter() - t0
+    return Result(
+        False, None, error_info(exc),
+        metrics=Metrics(start, start + duration, duration, ctx.attempt),
+        task_id=task_id,
+    )
+
+
 async def run_call(executor: Executor, call: Call, model: Any, ctx: Context, task_id: str) -> Result:
     """Run an already-validated input through ``call`` and wrap the outcome in a Result."""
     start = time.time()
@@ -408,29 +444,36 @@ async def run_call(executor: Executor, call: Call, model: Any, ctx: Context, tas
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        duration = time.perf_counter() - t0
-        info = error_info(exc)
-        return Result(
-            False,
-            None,
-            info,
-            metrics=Metrics(start, start + duration, duration, ctx.attempt),
-            task_id=task_id,
-        )
-    duration = time.perf_counter() - t0
-    if isinstance(out, BaseModel):
-        exit_code = executor.exit_code(out)
-        out = out.model_dump(mode="json")
-    else:
-        exit_code = None
-    return Result(
-        True,
-        out,
-        None,
-        exit_code,
-        metrics=Metrics(start, start + duration, duration, ctx.attempt),
-        task_id=task_id,
-    )
+        return failed_result(exc, start, t0, ctx, task_id)
+    return ok_result(executor, out, start, t0, ctx, task_id)
+
+
+class Prepared:
+    """Everything needed to run tasks of one executor, looked up once per batch of tasks."""
+
+    __slots__ = ("call", "config", "executor", "name", "validate", "_entry", "_registry")
+
+    def __init__(self, registry: Registry, entry: _Entry, call: Call) -> None:
+        self._registry = registry
+        self._entry = entry
+        self.name = entry.cls.name
+        self.executor = entry.executor
+        self.config = entry.config
+        self.call = call
+        # The core validator directly: skips model_validate's Python-level wrapper.
+        self.validate: Callable[[Any], Any] = entry.cls.Input.__pydantic_validator__.validate_python
+
+    @property
+    def started(self) -> bool:
+        return self._entry.started
+
+    async def start(self) -> None:
+        if not self._entry.started:
+            await self._registry._start(self._entry)
+
+    def invalid(self, exc: PydanticValidationError, task_id: str) -> Result:
+        """The failed Result of a payload that did not validate."""
+        return Result.failure(ValidationError.from_pydantic(self.name, exc), task_id=task_id)
 
 
 __all__ = [
@@ -440,7 +483,10 @@ __all__ = [
     "ExecutorInfo",
     "OverlayBuilder",
     "PluginError",
+    "Prepared",
     "Registry",
     "check_executor_class",
+    "failed_result",
+    "ok_result",
     "run_call",
 ]

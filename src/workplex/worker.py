@@ -48,7 +48,7 @@ from workplex.backends.nats import (
     put_blob,
     task_subject,
 )
-from workplex.errors import ConfigError, ValidationError
+from workplex.errors import BackendError, ConfigError, ValidationError
 from workplex.executor import Context, Result
 from workplex.registry import Call, run_call
 
@@ -122,13 +122,16 @@ class _Pull:
         slots = worker.slots
         stopping = worker.stopping
         low = max(1, min(worker.fetch_batch, slots.capacity) // 4)
+        idle = True
         try:
             while not stopping.is_set():
-                if slots.free < low and slots.held + slots.reserved > 0:
+                # An idle consumer only probes for one task, so it never holds the slots a
+                # busy consumer of another executor type could use.
+                if slots.free < (1 if idle else low):
                     slots.changed.clear()
                     await _first(slots.changed.wait(), stopping.wait())
                     continue
-                n = min(max(slots.free, 1), worker.fetch_batch)
+                n = 1 if idle else min(slots.free, worker.fetch_batch)
                 self.remaining = n
                 slots.reserved += n
                 self.ended.clear()
@@ -139,6 +142,7 @@ class _Pull:
                 # stopping, so nothing the server already sent is stranded.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ended.wait(), worker.pull_expires + 2.0)
+                idle = self.remaining == n
                 slots.reserved -= self.remaining
                 self.remaining = 0
                 slots.changed.set()
@@ -494,7 +498,12 @@ class Worker:
             pulls = [asyncio.ensure_future(_Pull(self, n).loop()) for n in self.executors]
             await _first(self.stopping.wait(), asyncio.gather(*pulls, *runners))
             self.stopping.set()
+            broken = [t for t in (*pulls, *runners) if t.done() and not t.cancelled()]
             await self._wind_down(pulls, runners, sender)
+            for t in broken:
+                exc = t.exception()
+                if exc is not None:
+                    raise BackendError(f"worker {self.id} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             dead_stop.set()
             for task in (*pulls, *runners, *background):

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
+
 from workplex.backends import Backend, OnResult
+from workplex.errors import ValidationError, WorkplexError
 from workplex.executor import Context, Result, Task
-from workplex.registry import Call, run_call
+from workplex.registry import Prepared, failed_result, ok_result, run_call
 
 
 class LocalBackend(Backend):
@@ -32,41 +36,62 @@ class LocalBackend(Backend):
     ) -> None:
         registry = self.registry
         secrets = registry.secrets
-        calls: dict[str, Call] = {}
         # Chains are cached per (executor, key): the key must be stable across runs.
         key = (stage, json.dumps(settings, sort_keys=True, default=str)) if settings else None
+        prepared: dict[str, Prepared | BaseException] = {}
 
-        def call_for(type_: str) -> Call:
-            call = calls.get(type_)
-            if call is None:
-                call = calls[type_] = registry.call_for(type_, settings, key=key)
-            return call
+        def prepare(type_: str) -> Prepared | BaseException:
+            found = prepared.get(type_)
+            if found is None:
+                try:
+                    found = registry.prepare(type_, settings, key)
+                except ValidationError as exc:
+                    found = exc  # unknown or refused: every task of that type fails with it
+                prepared[type_] = found
+            return found
 
         items: Iterator[tuple[int, Task]] = enumerate(tasks)
+        time_ = time.time
+        perf = time.perf_counter
 
-        async def one(index: int, task: Task) -> None:
-            try:
-                entry = registry._entry(task.type)
-                model = entry.cls.Input.model_validate(task.payload)
-            except Exception:
-                # Let the registry build the failure Result with the field path.
-                on_result(index, await registry.execute(task))
+        async def run_one(index: int, task: Task) -> None:
+            p = prepare(task.type)
+            if isinstance(p, BaseException):
+                on_result(index, Result.failure(p, task_id=task.id))
                 return
-            if not entry.started:
-                await registry.start(task.type)
-            ctx = Context(task.id, run_id, stage, 1, None, entry.config, secrets, task.metadata)
-            on_result(index, await run_call(entry.executor, call_for(task.type), model, ctx, task.id))
+            try:
+                model = p.validate(task.payload)
+            except PydanticValidationError as exc:
+                on_result(index, p.invalid(exc, task.id))
+                return
+            if not p.started:
+                try:
+                    await p.start()
+                except WorkplexError as exc:
+                    on_result(index, Result.failure(exc, task_id=task.id))
+                    return
+            ctx = Context(task.id, run_id, stage, 1, None, p.config, secrets, task.metadata)
+            start = time_()
+            t0 = perf()
+            try:
+                out = await p.call(model, ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                on_result(index, failed_result(exc, start, t0, ctx, task.id))
+                return
+            on_result(index, ok_result(p.executor, out, start, t0, ctx, task.id))
 
         async def worker() -> None:
             for index, task in items:
-                await one(index, task)
+                await run_one(index, task)
 
         async def batch_worker() -> None:
             while True:
                 chunk = [pair for _, pair in zip(range(batch_size), items, strict=False)]
                 if not chunk:
                     return
-                await self._run_batch(chunk, run_id, stage, on_result, one)
+                await self._run_batch(chunk, run_id, stage, on_result, run_one)
 
         if limit <= 1:
             await (batch_worker() if batch_size > 1 else worker())

@@ -70,8 +70,12 @@ class Approval(Executor):
                 )
             if not decision.approved:
                 why = decision.comment or "no comment"
-                raise PermanentError(f"stage {ctx.stage!r} was rejected by {decision.by or 'someone'}: {why}")
-            return ApprovalOutput(approved=True, comment=decision.comment, by=decision.by, at=decision.at)
+                raise PermanentError(
+                    f"stage {ctx.stage!r} was rejected by {decision.by or 'someone'}: {why}"
+                )
+            return ApprovalOutput(
+                approved=True, comment=decision.comment, by=decision.by, at=decision.at
+            )
         requested = await store.request_approval(ctx.run_id, ctx.stage, input.message)
         now = time.time()
         if input.timeout is not None and now - requested >= input.timeout:
@@ -86,6 +90,8 @@ class Approval(Executor):
                     f"stage {ctx.stage!r}: no decision within {input.timeout:g}s; "
                     "rejected by default"
                 )
-            return ApprovalOutput(approved=True, comment="approved by default on timeout", at=now, timed_out=True)
+            return ApprovalOutput(
+                approved=True, comment="approved by default on timeout", at=now, timed_out=True
+            )
         await store.flush()
         raise RunPaused(f"stage {ctx.stage!r} waits for approval: {input.message}")

@@ -29,6 +29,7 @@ import select
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -152,7 +153,7 @@ class CommandOutput(BaseModel):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     pid: int
-    program: str = Field(description="The resolved executable that ran.")
+    program: str = Field(description="The executable that ran (absolute path).")
     duration: float = Field(description="Seconds from spawn to exit.")
 
 
@@ -185,122 +186,152 @@ class CommandConfig(ExecutorConfig):
 
 
 # ---- program policy ---------------------------------------------------------------------
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+_BLOCKED = 1
+_SHELL = 2
+_WRAPPER = 4
 
 
-class _ProgramSet:
-    """A list of programs matched by resolved path, file identity and (optionally) name."""
+class _Program:
+    """A program file as found: the path to run, its identity (device, inode) and name."""
 
-    __slots__ = ("ids", "name_re", "names", "paths")
+    __slots__ = ("ident", "name", "path")
 
-    def __init__(self, entries: Iterable[str], *, by_name: bool, first_only: bool = False) -> None:
-        self.paths: set[str] = set()
-        self.ids: set[tuple[int, int]] = set()
-        self.names: set[str] = set()
-        globs: list[str] = []
-        for entry in entries:
-            if "/" in entry:
-                candidates = [entry]
-            elif first_only:
-                found = shutil.which(entry)
-                candidates = [found] if found else []
-            else:
-                if by_name:
-                    if any(c in entry for c in "*?["):
-                        globs.append(entry)
-                        continue
-                    self.names.add(entry)
-                # Every copy on PATH and in the system directories, not just the first.
-                dirs = os.environ.get("PATH", "").split(os.pathsep) + list(_SYSTEM_DIRS)
-                candidates = [os.path.join(d, entry) for d in dict.fromkeys(dirs) if d]
-            for cand in candidates:
-                if os.path.exists(cand):
-                    real = os.path.realpath(cand)
-                    self.paths.add(real)
-                    ident = _identity(real)
-                    if ident is not None:
-                        self.ids.add(ident)
-        self.name_re = (
-            re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
-        )
+    def __init__(self, path: str) -> None:
+        st = os.stat(path)  # follows every symlink, also in parent directories
+        if not stat.S_ISREG(st.st_mode):
+            raise PermanentError(f"command {path!r} is not a regular file")
+        self.path = path
+        self.ident = (st.st_dev, st.st_ino)
+        self.name = path.rpartition("/")[2]
 
-    def __bool__(self) -> bool:
-        return bool(self.paths or self.ids or self.names or self.name_re)
+    def real(self) -> str:
+        return os.path.realpath(self.path)
 
-    def matches(self, real: str, ident: tuple[int, int] | None, names: Iterable[str]) -> bool:
-        if real in self.paths or (ident is not None and ident in self.ids):
-            return True
-        for name in names:
-            if name in self.names or (self.name_re is not None and self.name_re.match(name)):
-                return True
-        return False
+
+def _locate(entry: str, every_copy: bool) -> list[str]:
+    """The files a list entry names: a path, or a name on PATH (and in the system dirs)."""
+    if "/" in entry:
+        return [entry] if os.path.exists(entry) else []
+    if not every_copy:
+        found = shutil.which(entry)
+        return [found] if found else []
+    dirs = [*os.environ.get("PATH", "").split(os.pathsep), *_SYSTEM_DIRS]
+    candidates = (os.path.join(d, entry) for d in dict.fromkeys(dirs) if d)
+    return [c for c in candidates if os.path.isfile(c)]
 
 
 class _Policy:
-    """The config's lists, resolved once at startup."""
+    """The config's lists, resolved once at startup into identities, paths and names.
+
+    A program is matched by its file identity first (which sees through symlinks, ``..``
+    and hard links), then by its path and name. Blocked names also match copies that keep
+    the name; a renamed copy is only caught by ``allowed_commands``, the robust list.
+    """
 
     def __init__(self, config: CommandConfig) -> None:
         self.config = config
-        self.allowed = _ProgramSet(config.allowed_commands, by_name=False, first_only=True)
-        self.blocked = _ProgramSet(config.blocked_commands, by_name=True)
-        self.wrappers = _ProgramSet(sorted(EXEC_WRAPPERS), by_name=True)
-        self.shells = _ProgramSet(sorted(SHELLS), by_name=True)
+        self.by_id: dict[tuple[int, int], int] = {}
+        self.by_path: dict[str, int] = {}
+        self.by_name: dict[str, int] = {}
+        globs: list[str] = []
+        for flag, entries in (
+            (_BLOCKED, config.blocked_commands),
+            (_SHELL, sorted(SHELLS)),
+            (_WRAPPER, sorted(EXEC_WRAPPERS)),
+        ):
+            for entry in entries:
+                if "/" not in entry:
+                    if any(c in entry for c in "*?["):
+                        globs.append(entry)
+                        continue
+                    self.by_name[entry] = self.by_name.get(entry, 0) | flag
+                for path in _locate(entry, every_copy=True):
+                    self._add(path, flag, self.by_id, self.by_path)
+        self.glob_re = re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
+        self.allowed_ids: dict[tuple[int, int], int] = {}
+        self.allowed_paths: dict[str, int] = {}
+        for entry in config.allowed_commands:
+            for path in _locate(entry, every_copy=False):
+                self._add(path, 1, self.allowed_ids, self.allowed_paths)
+        self.restricted = bool(config.allowed_commands)
 
-    def check(self, shown: str, path: str, args: list[str]) -> str:
-        """Refuse ``path`` (as typed: ``shown``) if the lists say so; return its real path."""
-        real = os.path.realpath(path)
-        ident = _identity(real)
-        names = {os.path.basename(real), os.path.basename(path)}
+    @staticmethod
+    def _add(
+        path: str, flag: int, ids: dict[tuple[int, int], int], paths: dict[str, int]
+    ) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        ids[(st.st_dev, st.st_ino)] = ids.get((st.st_dev, st.st_ino), 0) | flag
+        for p in (os.path.abspath(path), os.path.realpath(path)):
+            paths[p] = paths.get(p, 0) | flag
+
+    def flags(self, program: _Program) -> int:
+        flags = (
+            self.by_id.get(program.ident, 0)
+            | self.by_path.get(program.path, 0)
+            | self.by_name.get(program.name, 0)
+        )
+        if self.glob_re is not None and self.glob_re.match(program.name):
+            flags |= _BLOCKED
+        return flags
+
+    def check(self, shown: str, program: _Program, args: list[str]) -> None:
+        """Refuse ``program`` (typed as ``shown``) if the lists say so (PermanentError)."""
+        flags = self.flags(program)
+        allowed = self.restricted and (
+            program.ident in self.allowed_ids or program.path in self.allowed_paths
+        )
+        if not flags and allowed == self.restricted:
+            return  # the common case: an ordinary program, nothing more to check
+        real = program.real()
         what = f"command {shown!r}" + (f" (resolved to {real})" if real != shown else "")
-        if self.blocked.matches(real, ident, names):
+        if flags & _BLOCKED:
             raise PermanentError(
                 f"{what} is blocked by the command executor's blocked_commands",
                 details={"reason": "blocked", "program": real},
             )
-        explicitly_allowed = bool(self.allowed) and self.allowed.matches(real, ident, ())
-        if self.allowed and not explicitly_allowed:
+        if self.restricted and not allowed:
             raise PermanentError(
                 f"{what} is not in the command executor's allowed_commands",
                 details={"reason": "not_allowed", "program": real},
             )
-        is_shell = self.shells.matches(real, ident, names)
-        if is_shell and not (self.config.shell or explicitly_allowed):
-            raise PermanentError(
-                f"{what} is a shell; shells are refused unless the command executor's "
-                "config sets `shell: true`",
-                details={"reason": "shell", "program": real},
-            )
-        if not is_shell and not explicitly_allowed and self.wrappers.matches(real, ident, names):
-            raise PermanentError(
-                f"{what} runs other programs, which would bypass the block list; it is "
-                "refused unless listed in allowed_commands",
-                details={"reason": "wrapper", "program": real},
-            )
-        if is_shell or (explicitly_allowed and self.wrappers.matches(real, ident, names)):
-            self.check_words(what, args, shell_words=is_shell)
-        return real
+        if flags & _SHELL:
+            if not (self.config.shell or allowed):
+                raise PermanentError(
+                    f"{what} is a shell; shells are refused unless the command executor's "
+                    "config sets `shell: true`",
+                    details={"reason": "shell", "program": real},
+                )
+            self.check_words(what, args, shell_words=True)
+        elif flags & _WRAPPER:
+            if not allowed:
+                raise PermanentError(
+                    f"{what} runs other programs, which would bypass the block list; it is "
+                    "refused unless listed in allowed_commands",
+                    details={"reason": "wrapper", "program": real},
+                )
+            self.check_words(what, args, shell_words=False)
 
     def check_words(self, what: str, words: Iterable[str], *, shell_words: bool) -> None:
         """Refuse when any word (of a shell line, or an argument) names a blocked program."""
         for word in words:
-            parts = _split(word) if shell_words else [word]
-            for part in parts:
+            for part in _split(word) if shell_words else [word]:
                 if not part or part.startswith("-") or "=" in part:
                     continue
                 found = part if "/" in part else shutil.which(part)
-                if found is None or not os.path.exists(found):
+                if found is None:
                     continue
-                real = os.path.realpath(found)
-                names = (os.path.basename(real), os.path.basename(part))
-                if self.blocked.matches(real, _identity(real), names):
+                try:
+                    program = _Program(os.path.abspath(found))
+                except (OSError, PermanentError):
+                    continue
+                if self.flags(program) & _BLOCKED:
                     raise PermanentError(
-                        f"{what}: its arguments would run the blocked program {part!r} ({real})",
-                        details={"reason": "blocked", "program": real},
+                        f"{what}: its arguments would run the blocked program {part!r} "
+                        f"({program.real()})",
+                        details={"reason": "blocked", "program": program.real()},
                     )
 
 
@@ -420,12 +451,14 @@ class _Spawner:
                     outcome = _run(job, wake_r, wake_w)
                 except BaseException as exc:  # the loop side must always hear back
                     outcome = ("error", exc)
+                # Count as idle before the loop hears back, or its next submit would find no
+                # idle thread and start another one.
+                self._idle.release()
                 try:
                     job.loop.call_soon_threadsafe(job.complete, outcome)
                 except RuntimeError:  # the loop is closed; nobody is waiting
                     pass
                 del job
-                self._idle.release()
         finally:
             os.close(wake_r)
             os.close(wake_w)
@@ -475,7 +508,6 @@ class _Capture:
 
 def _run(job: _Job, wake_r: int, wake_w: int) -> tuple[Any, ...]:
     """Spawn, feed, read, wait; on deadline or cancel kill the group. Runs on a thread."""
-    _drain(wake_r)  # wake-ups meant for an earlier job
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     in_r = in_w = -1
@@ -519,6 +551,8 @@ def _run(job: _Job, wake_r: int, wake_w: int) -> tuple[Any, ...]:
     finally:
         with job.lock:
             job.wake_fd = None
+        if job.cancelled:  # a wake-up may still sit in the pipe: not for the next job
+            _drain(wake_r)
         if proc is not None and proc.returncode is None:  # an unexpected error: no orphans
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -661,6 +695,7 @@ class Command(Executor):
         self.config: CommandConfig = CommandConfig()
         self._policy: _Policy | None = None
         self._spawner: _Spawner | None = None
+        self._which: dict[tuple[str, str], str] = {}
 
     async def startup(self, config: Any) -> None:
         await super().startup(config)
@@ -675,8 +710,39 @@ class Command(Executor):
     def exit_code(self, output: Any) -> int | None:
         return output.exit_code if isinstance(output, CommandOutput) else None
 
-    def _prepare(self, input: CommandInput) -> tuple[list[str], str, dict[str, str] | None, str | None]:
-        """argv, executable, env, cwd, after the policy checks (PermanentError if refused)."""
+    def _find(self, command: str, search_path: str) -> str:
+        """The absolute path ``command`` runs from PATH (cached; the caller re-checks the file)."""
+        key = (command, search_path)
+        found = self._which.get(key)
+        if found is None:
+            found = shutil.which(command, path=search_path)
+            if found is None:
+                raise PermanentError(f"command {command!r} not found on PATH")
+            found = os.path.abspath(found)
+            if len(self._which) >= 1024:
+                self._which.clear()
+            self._which[key] = found
+        return found
+
+    def _program(self, command: str, path: str, search_path: str | None) -> _Program:
+        try:
+            program = _Program(path)
+        except FileNotFoundError:
+            if search_path is None:
+                raise PermanentError(f"command {command!r}: no such file ({path})") from None
+            self._which.pop((command, search_path), None)  # moved or removed: look again
+            try:
+                program = _Program(self._find(command, search_path))
+            except FileNotFoundError:
+                raise PermanentError(f"command {command!r} not found on PATH") from None
+        except OSError as exc:
+            raise PermanentError(f"command {command!r} ({path}): {exc.strerror}") from exc
+        return program  # not executable: the spawn says so (EACCES), no extra syscall here
+
+    def _prepare(
+        self, input: CommandInput
+    ) -> tuple[list[str], str, dict[str, str] | None, str | None, str]:
+        """argv, executable, env, cwd, real program path, after the policy checks (PermanentError if refused)."""
         policy = self._policy
         if policy is None:  # used without startup(): the defaults
             policy = self._policy = _Policy(self.config)
@@ -684,10 +750,8 @@ class Command(Executor):
             env: dict[str, str] | None = {} if input.clear_env else dict(os.environ)
             assert env is not None
             env.update(input.env)
-            search_path = env.get("PATH", os.defpath)
         else:
             env = None  # inherit: the cheapest spawn
-            search_path = os.environ.get("PATH", os.defpath)
         cwd = input.working_dir
         if cwd is not None and not os.path.isdir(cwd):
             raise PermanentError(f"working_dir {cwd!r} is not an existing directory")
@@ -698,28 +762,29 @@ class Command(Executor):
                     "`shell` (set `shell: true` under executors.command to allow it)",
                     details={"reason": "shell"},
                 )
-            real = policy.check(SHELL_PATH, SHELL_PATH, [])
-            policy.check_words(f"shell command {input.command!r}", [input.command], shell_words=True)
-            return [SHELL_PATH, "-c", input.command, "sh", *input.args], real, env, cwd
+            shell = self._program(SHELL_PATH, SHELL_PATH, None)
+            policy.check(SHELL_PATH, shell, [])
+            policy.check_words(
+                f"shell command {input.command!r}", [input.command], shell_words=True
+            )
+            argv = [SHELL_PATH, "-c", input.command, "sh", *input.args]
+            return argv, SHELL_PATH, env, cwd, shell.path
         command = input.command
-        if "/" in command:
-            base = cwd if cwd is not None else os.getcwd()
-            path = os.path.normpath(os.path.join(base, command))
-            if not os.path.isfile(path):
-                raise PermanentError(f"command {command!r}: no such file ({path})")
-            if not os.access(path, os.X_OK):
-                raise PermanentError(f"command {command!r}: {path} is not executable")
+        if command[0] == "/":
+            program = self._program(command, command, None)
+        elif "/" in command:
+            # Relative to the working directory, as the kernel would resolve it ("..": physically).
+            base = os.getcwd() if cwd is None else os.path.join(os.getcwd(), cwd)
+            program = self._program(command, os.path.join(base, command), None)
         else:
-            found = shutil.which(command, path=search_path)
-            if found is None:
-                raise PermanentError(f"command {command!r} not found on PATH")
-            path = os.path.abspath(found)
-        policy.check(command, path, input.args)
-        # Run the path that was checked (not a fresh PATH lookup), with argv[0] as typed.
-        return [command, *input.args], path, env, cwd
+            search_path = (env if env is not None else os.environ).get("PATH", os.defpath)
+            program = self._program(command, self._find(command, search_path), search_path)
+        policy.check(command, program, input.args)
+        # Run the file that was checked (not a fresh PATH lookup), with argv[0] as typed.
+        return [command, *input.args], program.path, env, cwd, program.path
 
     async def execute(self, input: CommandInput, ctx: Context) -> CommandOutput:
-        argv, executable, env, cwd = self._prepare(input)
+        argv, executable, env, cwd, real = self._prepare(input)
         timeout = input.timeout if input.timeout is not None else self.config.default_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         if ctx.deadline is not None and (deadline is None or ctx.deadline < deadline):
@@ -754,7 +819,7 @@ class Command(Executor):
                 except asyncio.CancelledError:
                     job.cancel()
             raise
-        return self._result(input, executable, job.outcome, timeout)
+        return self._result(input, real, job.outcome, timeout)
 
     def _result(
         self, input: CommandInput, program: str, outcome: Any, timeout: float | None
@@ -762,7 +827,8 @@ class Command(Executor):
         kind = outcome[0]
         if kind == "ok":
             _, rc, stdout, stderr, out_trunc, err_trunc, pid, duration = outcome
-            return CommandOutput(
+            # Values built here are already of the right types: skip validation.
+            return CommandOutput.model_construct(
                 stdout=stdout,
                 stderr=stderr,
                 exit_code=rc,

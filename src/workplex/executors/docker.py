@@ -225,9 +225,11 @@ class _ContextHasher:
         return digest
 
     def digest(
-        self, dockerfile: Path, context: Path, build_args: dict[str, str], exclude: Callable[
-            [Path, list[str], str], set[str]
-        ]
+        self,
+        dockerfile: Path,
+        context: Path,
+        build_args: dict[str, str],
+        exclude: Callable[[Path, list[str], str], set[str]],
     ) -> str:
         h = hashlib.sha256(b"workplex-build-v1\0")
         h.update(dockerfile.read_bytes())
@@ -337,14 +339,16 @@ class Docker(Executor):
 
     # ---- errors -------------------------------------------------------------------
     @staticmethod
-    def _translate(exc: Exception, stage: str) -> ExecutorError:
+    def _translate(exc: Exception, stage: str, server_retryable: bool = True) -> ExecutorError:
+        """Our error for a foreign one. ``server_retryable=False`` where the engine's 5xx
+        answers mean a bad container spec (starting: unknown user, missing executable)."""
         if isinstance(exc, ExecutorError):
             return exc
         docker = _docker_module()
         errors = docker.errors
         if isinstance(exc, errors.APIError):
             detail = exc.explanation or str(exc)
-            if exc.is_server_error():
+            if exc.is_server_error() and server_retryable:
                 return RetryableError(f"docker {stage}: engine error: {detail}")
             return PermanentError(f"docker {stage}: {detail}")
         # requests' connection errors are OSErrors.
@@ -415,9 +419,7 @@ class Docker(Executor):
         """Resolve the Dockerfile and context, and hash the build (runs on a thread)."""
         assert input.dockerfile_path is not None
         dockerfile = Path(input.dockerfile_path).resolve()
-        context = (
-            Path(input.build_context).resolve() if input.build_context else dockerfile.parent
-        )
+        context = Path(input.build_context).resolve() if input.build_context else dockerfile.parent
         if not dockerfile.is_file():
             raise PermanentError(f"dockerfile_path: {input.dockerfile_path!r} is not a file")
         if not context.is_dir():
@@ -502,7 +504,7 @@ class Docker(Executor):
 
         def remove() -> str | None:
             try:
-                pass
+                client.api.remove_container(ref, force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
@@ -590,8 +592,10 @@ class Docker(Executor):
                 return await asyncio.shield(create), rebuilt
             except asyncio.CancelledError:
                 create.add_done_callback(
-                    lambda f: None if f.cancelled() or f.exception() else self._remove_soon(
-                        client, f.result().id
+                    lambda f: (
+                        None
+                        if f.cancelled() or f.exception()
+                        else self._remove_soon(client, f.result().id)
                     )
                 )
                 raise
@@ -616,7 +620,10 @@ class Docker(Executor):
     async def _run(
         self, client: Any, container: Any, image: str, built: bool, limit: float | None
     ) -> DockerOutput:
-        await self._call("start container", container.start)
+        try:
+            await asyncio.to_thread(container.start)
+        except Exception as exc:
+            raise self._translate(exc, "start container", server_retryable=False) from exc
         loop = asyncio.get_running_loop()
         wait = loop.run_in_executor(self._wait_pool, container.wait)
         try:

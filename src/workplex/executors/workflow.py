@@ -55,7 +55,10 @@ class Workflow(Executor):
                         child_id,
                         stored.status,
                         stored.output,
-                        {n: {"status": s.status, "output": s.output} for n, s in stored.stages.items()},
+                        {
+                            n: {"status": s.status, "output": s.output}
+                            for n, s in stored.stages.items()
+                        },
                     )
                 if stored is not None and stored.status != "cancelled":
                     result = await engine.resume(child_id)

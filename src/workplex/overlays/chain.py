@@ -33,7 +33,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, RootModel
 from pydantic import ValidationError as PydanticValidationError
 
 from workplex.errors import ConfigError
@@ -157,11 +157,21 @@ def _path_getter(path: str) -> KeyFn:
     if dotted:
         parts = tuple(dotted.group(1)[1:].split("."))
 
-        # Simple paths skip JSONPath: attribute or key lookups on the model itself.
+        # Simple paths skip JSONPath: key lookups, or attributes of the model itself
+        # (by the field's JSON name, i.e. its alias).
         def dotted_key(input: Any, ctx: Context) -> Hashable:
-            obj = getattr(input, "root", input) if isinstance(input, BaseModel) else input
+            obj = input
             for part in parts:
-                obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part, None)
+                if isinstance(obj, Mapping):
+                    obj = obj.get(part)
+                elif isinstance(obj, BaseModel):
+                    if isinstance(obj, RootModel):
+                        obj = obj.root
+                        obj = obj.get(part) if isinstance(obj, Mapping) else None
+                    else:
+                        obj = getattr(obj, _json_names(type(obj)).get(part, part), None)
+                else:
+                    obj = None
                 if obj is None:
                     return None
             return _hashable(obj)
@@ -178,13 +188,25 @@ def _path_getter(path: str) -> KeyFn:
         ) from exc
 
     def jsonpath_key(input: Any, ctx: Context) -> Hashable:
-        data = input.model_dump(mode="json") if isinstance(input, BaseModel) else input
+        data = input.model_dump(mode="json", by_alias=True) if isinstance(input, BaseModel) else input
         found = [m.value for m in expr.find(data)]
         if not found:
             return None
         return _hashable(found[0] if len(found) == 1 else found)
 
     return jsonpath_key
+
+
+_NAMES: dict[type[BaseModel], dict[str, str]] = {}
+
+
+def _json_names(cls: type[BaseModel]) -> dict[str, str]:
+    """JSON name (alias) -> attribute name of a model's fields, computed once per class."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = {(f.alias or n): n for n, f in cls.model_fields.items()}
+        _NAMES[cls] = names
+    return names
 
 
 def _hashable(value: Any) -> Hashable:

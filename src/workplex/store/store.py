@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -569,6 +570,20 @@ class Store:
             raise StoreError(f"cannot take the lease of run {run_id!r}: {exc}") from exc
         if row is None:
             raise RunNotFoundError(run_id)
+        if row.lease_owner and _dead_local_owner(row.lease_owner):
+            # Its process is gone (killed, crashed): no need to wait for the lease to expire.
+            try:
+                async with self._begin_write() as conn:
+                    res = await conn.execute(
+                        update(t.runs)
+                        .where(r.run_id == run_id, r.lease_owner == row.lease_owner)
+                        .values(lease_owner=owner, lease_until=now + ttl, updated=now)
+                    )
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot take the lease of run {run_id!r}: {exc}") from exc
+            if res.rowcount == 1:
+                await self.event(run_id, "lease.taken_over", {"from": row.lease_owner, "to": owner})
+                return
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.lease_until or now))
         raise StoreError(
             f"run {run_id} is being driven by {row.lease_owner} (lease until {until}); "
@@ -942,6 +957,30 @@ def _sqlite_setup(engine: AsyncEngine, busy_timeout: float) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("workplex_begin", "BEGIN"))
+
+
+_HOST = socket.gethostname()
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """True when ``owner`` (``host:pid:tag``, as the engine names itself) is a process of
+    this host that no longer exists."""
+    parts = owner.split(":")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return False
+    host = ":".join(parts[:-2])
+    if host != _HOST:
+        return False
+    pid = int(parts[-2])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _stage_names(document: Mapping[str, Any] | None) -> list[str]:

@@ -100,7 +100,7 @@ def _start_dockerd(root: Path) -> tuple[subprocess.Popen[bytes] | None, str, str
         return None, "", "starting a private dockerd needs root (or set DOCKER_HOST)"
     sock = root / "docker.sock"
     base_url = f"unix://{sock}"
-    problems = []
+    problems: list[str] = []
     # overlay2 first; vfs where the kernel or filesystem has no overlayfs.
     for extra in ([], ["--storage-driver", "vfs"]):
         data = root / f"data{len(problems)}"
@@ -110,10 +110,14 @@ def _start_dockerd(root: Path) -> tuple[subprocess.Popen[bytes] | None, str, str
             "--iptables=false",
             "--ip-forward=false",
             "--bridge=none",
-            "--data-root", str(data),
-            "--exec-root", str(root / "exec"),
-            "--pidfile", str(root / "docker.pid"),
-            "-H", base_url,
+            "--data-root",
+            str(data),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "-H",
+            base_url,
             *extra,
         ]
         with log.open("wb") as out:

@@ -112,6 +112,26 @@ async def test_output_is_capped(docker_url: str, test_image: str) -> None:
     assert out["stderr_truncated"] is False
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({"entrypoint": ["/nope"]}, "/nope"), ({"user": "nosuchuser"}, "nosuchuser")],
+)
+async def test_container_that_cannot_start_is_a_permanent_error(
+    registry: Registry,
+    test_image: str,
+    docker_client: Any,
+    fields: dict[str, Any],
+    expected: str,
+) -> None:
+    task_id = f"nostart-{uuid.uuid4().hex[:8]}"
+    result = await run(registry, {"image": test_image, "command": ["true"], **fields}, task_id)
+    assert result.error is not None
+    assert result.error.type == "PermanentError"
+    assert "start container" in result.error.message
+    assert expected in result.error.message
+    assert containers_of(docker_client, task_id) == []
+
+
 # ---- volumes ---------------------------------------------------------------------
 
 
@@ -153,7 +173,11 @@ async def test_missing_bind_source_is_an_error_not_a_new_directory(
     missing = tmp_path / "nope"
     result = await run(
         registry,
-        {"image": test_image, "command": ["true"], "volumes": [{"source": str(missing), "target": "/d"}]},
+        {
+            "image": test_image,
+            "command": ["true"],
+            "volumes": [{"source": str(missing), "target": "/d"}],
+        },
     )
     assert not result.success
     assert result.error is not None and result.error.type == "PermanentError"

