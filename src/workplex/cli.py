@@ -642,6 +642,364 @@ def workers_(
     Console().print(table)
 
 
+# ---- durable runs (the run store) ----------------------------------------------------------
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Run store URL (sqlite:///file.db, postgresql://...); default: the per-user file.",
+        envvar="WORKPLEX_STORE",
+    ),
+]
+
+
+def _open_store(url: str | None) -> Any:
+    """An async context manager opening the store named by --store / env / config / default."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def opened() -> Any:
+        from workplex.config import load_config
+        from workplex.errors import ConfigError, StoreError
+        from workplex.store import Store, resolve_url
+
+        try:
+            configured = load_config(State.config_path).store
+        except ConfigError as exc:
+            fail(str(exc))
+        try:
+            store = await Store.open(resolve_url(url, configured))
+        except StoreError as exc:
+            fail(str(exc))
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    return opened()
+
+
+def _when(ts: float | None) -> str:
+    import time
+
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def parse_age(value: str) -> float:
+    """Seconds from ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (or a plain number of seconds)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
+    if not match:
+        fail(f"--older-than {value!r}: use a number with a unit, e.g. 30d, 12h, 90m, 2w")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+_RUN_COLORS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "paused": "cyan"}
+
+
+@app.command("runs")
+def runs_(
+    status: Annotated[
+        str | None, typer.Option("--status", help="Only runs with this status (e.g. failed).")
+    ] = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only this pipeline.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs to list.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """List recorded runs, newest first."""
+
+    async def go() -> Any:
+        async with _open_store(store) as s:
+            return await s.list_runs(status=status, pipeline=pipeline, limit=limit)
+
+    found = run_async(go())
+    if as_json:
+        print_json([r.to_dict() for r in found])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="workplex runs (newest first)")
+    for col in ("run", "pipeline", "status", "created", "duration", "parent"):
+        table.add_column(col, style="bold" if col == "run" else None)
+    for r in found:
+        color = _RUN_COLORS.get(r.status, "white")
+        table.add_row(
+            r.run_id, r.pipeline, f"[{color}]{r.status}[/]", _when(r.created),
+            _secs(r.duration), r.parent_run_id or "",
+        )
+    Console().print(table)
+
+
+async def _require_run(s: Any, run_id: str) -> Any:
+    run = await s.get_run(run_id)
+    if run is None:
+        fail(f"no run {run_id!r} in the store {_store_where(s)}")
+    return run
+
+
+def _store_where(s: Any) -> str:
+    from workplex.store.url import redact
+
+    return str(redact(s.url))
+
+
+@app.command("show")
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run id (see `workplex runs`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Show a run: stages, task counts, attempts, errors, durations, sub-runs."""
+
+    async def go() -> dict[str, Any]:
+        async with _open_store(store) as s:
+            run = await _require_run(s, run_id)
+            stats = await s.task_stats(run_id)
+            return {
+                "run": run,
+                "stats": stats,
+                "failed": await s.failed_tasks(run_id),
+                "children": await s.list_runs(parent_run_id=run_id, limit=1000),
+            }
+
+    got = run_async(go())
+    run, stats, failed, children = got["run"], got["stats"], got["failed"], got["children"]
+    if as_json:
+        data = run.to_dict()
+        for name, st in data["stages"].items():
+            st["tasks"] = stats[name].to_dict() if name in stats else None
+        data["failed_tasks"] = failed
+        data["children"] = [{"run_id": c.run_id, "status": c.status} for c in children]
+        print_json(data)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    head = Table.grid(padding=(0, 1))
+    head.add_column(style="bold")
+    head.add_column()
+    color = _RUN_COLORS.get(run.status, "white")
+    head.add_row("run", run.run_id)
+    head.add_row("pipeline", f"{run.pipeline}" + (f"  ({run.path})" if run.path else ""))
+    head.add_row("status", f"[{color}]{run.status}[/]")
+    if run.error:
+        head.add_row("error", run.error)
+    head.add_row("created", _when(run.created))
+    head.add_row("started / ended", f"{_when(run.started)} / {_when(run.ended)}")
+    head.add_row("duration", _secs(run.duration))
+    if run.inputs:
+        head.add_row("inputs", json.dumps(run.inputs, default=str)[:200])
+    if run.parent_run_id:
+        head.add_row("parent run", run.parent_run_id)
+    if children:
+        head.add_row("sub-runs", ", ".join(f"{c.run_id} ({c.status})" for c in children))
+    if run.lease_owner:
+        head.add_row("driven by", f"{run.lease_owner} (lease until {_when(run.lease_until)})")
+    console.print(head)
+    table = Table(title="stages")
+    for col in ("stage", "status", "tasks ok/failed", "retried", "max attempts", "avg / max task",
+                "duration", "error"):
+        table.add_column(col, overflow="fold" if col == "error" else "ellipsis")
+    for name, st in run.stages.items():
+        ts = stats.get(name)
+        stcolor = _RUN_COLORS.get(st.status, "white")
+        dur = (st.ended - st.started) if st.started and st.ended else None
+        counts = "-"
+        if ts is not None:
+            counts = f"{ts.succeeded}/{ts.failed}" + (f" of {st.total}" if st.total else "")
+        table.add_row(
+            name, f"[{stcolor}]{st.status}[/]", counts,
+            str(ts.retried) if ts else "-", str(ts.max_attempts) if ts else "-",
+            f"{_secs(ts.avg_duration)} / {_secs(ts.max_duration)}" if ts else "-",
+            _secs(dur), st.error or "",
+        )
+    console.print(table)
+    if failed:
+        ft = Table(title=f"failed tasks (first {len(failed)})")
+        for col in ("stage", "index", "executor", "attempts", "exit", "error"):
+            ft.add_column(col, overflow="fold" if col == "error" else "ellipsis")
+        for f in failed:
+            err = f["error"] or {}
+            ft.add_row(
+                f["stage"], str(f["index"]), f["executor"], str(f["attempts"]),
+                "" if f["exit_code"] is None else str(f["exit_code"]),
+                f"{err.get('type', '')}: {err.get('message', '')}",
+            )
+        console.print(ft)
+
+
+@app.command("logs")
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    stage: Annotated[str | None, typer.Option("--stage", "-s", help="Only this stage.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Print a run's log lines and events, oldest first."""
+
+    async def go() -> Any:
+        async with _open_store(store) as s:
+            await _require_run(s, run_id)
+            return await s.events(run_id, stage=stage)
+
+    for e in run_async(go()):
+        if as_json:
+            typer.echo(json.dumps({"ts": e.ts, "kind": e.kind, "stage": e.stage, "data": e.data}))
+            continue
+        data = dict(e.data)
+        data.pop("stage", None)
+        message = data.pop("message", None)
+        rest = " ".join(f"{k}={v}" for k, v in data.items() if v is not None)
+        text = " ".join(str(p) for p in (message, rest) if p)
+        where = f"[{e.stage}] " if e.stage else ""
+        typer.echo(f"{_when(e.ts)} {e.kind:<18} {where}{text}")
+
+
+@app.command("cancel")
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    store: StoreOption = None,
+) -> None:
+    """Cancel a run: at once if nobody drives it, else at its driver's next lease renewal."""
+
+    async def go() -> tuple[Any, str]:
+        async with _open_store(store) as s:
+            run = await _require_run(s, run_id)
+            if run.status in ("succeeded", "failed", "cancelled"):
+                fail(f"run {run_id} has already {run.status}; nothing to cancel")
+            return run, await s.request_cancel(run_id)
+
+    run, status = run_async(go())
+    if status == "cancelled":
+        typer.echo(f"run {run_id} cancelled")
+    else:
+        typer.echo(
+            f"cancel requested: run {run_id} is driven by {run.lease_owner}; "
+            "it stops within a lease renewal"
+        )
+
+
+def _resume_and_report(run_id: str, store: str | None, as_json: bool) -> NoReturn:
+    """Resume a run in this process (the shared part of `resume` and `approve --resume`)."""
+    from workplex.errors import WorkplexError
+
+    registry = build_registry()
+    show = not as_json and sys.stdout.isatty()
+
+    async def go() -> Any:
+        from workplex.engine import Engine
+
+        async with _open_store(store) as s, registry, Engine(registry, store=s) as engine:
+            return await drive_with_progress(engine, run_id, engine.resume(run_id), show)
+
+    try:
+        result = run_async(go())
+    except WorkplexError as exc:
+        fail(str(exc))
+    data = result.to_dict()
+    if as_json:
+        print_json(data)
+    else:
+        summarize_run(data)
+    raise typer.Exit(EXIT_OK if result.status in ("succeeded", "paused") else EXIT_FAILED)
+
+
+@app.command("resume")
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run result as JSON.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Continue a run whose process died, or that was paused: finished tasks keep their
+    results; unfinished ones run again (at-least-once). Exit 2 if another process drives it."""
+
+    async def check() -> None:
+        async with _open_store(store) as s:
+            await _require_run(s, run_id)
+
+    run_async(check())
+    _resume_and_report(run_id, store, as_json)
+
+
+@app.command("approve")
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The paused run.")],
+    stage: Annotated[str, typer.Argument(help="The stage waiting for approval.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
+    comment: Annotated[str | None, typer.Option("--comment", "-m", help="Why.")] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who decides (default: $USER).")
+    ] = None,
+    resume_now: Annotated[
+        bool, typer.Option("--resume", help="Resume the run here right after deciding.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --resume: JSON result.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Approve (or --reject) a stage waiting for approval. A rejection fails the run with the
+    comment recorded; an approval lets `workplex resume` (or --resume) continue it."""
+    import getpass
+    import time
+
+    who = by or getpass.getuser()
+
+    async def go() -> Any:
+        async with _open_store(store) as s:
+            run = await _require_run(s, run_id)
+            if stage not in run.stages:
+                fail(f"run {run_id} has no stage {stage!r}; its stages: {', '.join(run.stages)}")
+            if run.status in ("succeeded", "failed", "cancelled"):
+                fail(f"run {run_id} has already {run.status}; it waits for no approval")
+            await s.set_approval(run_id, stage, not reject, comment, by=who)
+            if reject and not resume_now and run.status == "paused":
+                why = f"stage {stage!r} was rejected by {who}: {comment or 'no comment'}"
+                await s.stage_update(run_id, stage, "failed", error=why, ended=time.time())
+                await s.run_update(run_id, "failed", error=f"stage {stage!r} failed: {why}")
+            return run
+
+    run = run_async(go())
+    verb = "rejected" if reject else "approved"
+    if not resume_now:
+        typer.echo(f"stage {stage!r} of run {run_id} {verb} by {who}")
+        if reject:
+            typer.echo(f"run {run_id} failed: rejected" + (f" ({comment})" if comment else ""))
+        elif run.status == "paused":
+            typer.echo(f"continue it with: workplex resume {run_id}")
+        raise typer.Exit(EXIT_OK)
+    _resume_and_report(run_id, store, as_json)
+
+
+@app.command("gc")
+def gc(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age of finished runs to delete, e.g. 30d, 12h.")
+    ],
+    store: StoreOption = None,
+) -> None:
+    """Delete finished runs (succeeded, failed, cancelled) that ended longer ago than
+    --older-than, with their stages, tasks, events and approvals."""
+    seconds = parse_age(older_than)
+
+    async def go() -> list[str]:
+        async with _open_store(store) as s:
+            deleted: list[str] = await s.gc(seconds)
+            return deleted
+
+    deleted = run_async(go())
+    typer.echo(f"deleted {len(deleted)} run(s) that ended more than {older_than} ago")
+
+
 def main() -> None:
     """Console entry point: turns workplex's own errors into a message and exit code 2."""
     from click.exceptions import Exit as ClickExit

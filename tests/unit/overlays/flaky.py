@@ -53,6 +53,7 @@ def fail_times(
     retry_after: float | None = None,
     status: int | None = None,
     message: str = "flaky failure",
+    ctx: Any = None,
 ) -> dict[str, int]:
     """Fail the first ``failures`` calls with ``error`` (a workplex or builtin class name)."""
     n = bump(counter)

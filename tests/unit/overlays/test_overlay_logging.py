@@ -1,0 +1,85 @@
+"""logging: JSON lines per attempt with the ids, and no secret anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unit.overlays.conftest import MakeRegistry, StepClock
+from workplex.executor import Context, Task
+from workplex.overlays.logging import configure_logging
+
+SECRET = "s3cr3t-Value-42"
+
+
+@pytest.mark.usefixtures("reset_structlog")
+async def test_given_logging_when_a_task_is_retried_then_each_attempt_logs_ids_and_no_secret(
+    make_registry: MakeRegistry, step_clock: StepClock, tmp_path: Path
+) -> None:
+    stream = io.StringIO()
+    configure_logging(json=True, level="info", stream=stream)
+    registry, _ = make_registry(
+        {"*": {"logging": True}, "python": {"retry": {"max_attempts": 2, "initial_delay": 0}}},
+        executors={"python": {"pass_context": True}},
+        secrets={"API_KEY": SECRET},
+        clock=step_clock,
+    )
+    counter = tmp_path / "n"
+    fail = Task(
+        "python",
+        {
+            "function": "tests.unit.overlays.flaky:fail_times",
+            "kwargs": {"counter": str(counter), "failures": 1, "message": f"bad key {SECRET}"},
+        },
+    )
+    leak = Task(
+        "python",
+        {"function": "tests.unit.overlays.flaky:log_with_secret", "kwargs": {"secret": SECRET}},
+    )
+    async with registry:
+        for task in (fail, leak):
+            ctx = Context(task.id, "run-7", "stage-x", secrets=registry.secrets)
+            result = await registry.execute(task, ctx)
+            assert result.success, result.error
+    text = stream.getvalue()
+    assert SECRET not in text
+    assert "hunter2" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    attempts = [e for e in lines if e["event"].startswith("attempt.")]
+    assert [(e["event"], e["task_id"], e["attempt"], e.get("outcome")) for e in attempts] == [
+        ("attempt.start", fail.id, 1, None),
+        ("attempt.end", fail.id, 1, "failed"),
+        ("attempt.start", fail.id, 2, None),
+        ("attempt.end", fail.id, 2, "success"),
+        ("attempt.start", leak.id, 1, None),
+        ("attempt.end", leak.id, 1, "success"),
+    ]
+    for event in attempts:
+        assert event["run_id"] == "run-7"
+        assert event["stage"] == "stage-x"
+        assert event["executor"] == "python"
+    failed = attempts[1]
+    assert failed["error"] == "bad key *** 1"
+    assert failed["error_type"] == "RetryableError"
+    assert failed["duration"] >= 0
+    own = next(e for e in lines if e["event"] == "calling")
+    assert own["url"] == "https://example.invalid/?key=***"
+    assert own["password"] == "***"
+
+
+@pytest.mark.usefixtures("reset_structlog")
+def test_given_a_terminal_or_not_when_configured_then_json_is_chosen_for_non_terminals() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream)  # a StringIO is not a terminal: JSON
+    import structlog
+
+    structlog.get_logger("t").info("hello", token="abc")
+    event = json.loads(stream.getvalue())
+    assert event["event"] == "hello" and event["token"] == "***"
+    console = io.StringIO()
+    configure_logging(json=False, stream=console)
+    structlog.get_logger("t").info("hello")
+    assert not console.getvalue().startswith("{")
