@@ -349,9 +349,12 @@ class StageRun:
             store.task_done(self.run_id, self.stage.name, index, task.id, task.type, task.payload, result)
         if result.error is not None and result.error.type == "RunPaused":
             raise RunPaused(result.error.message)
-        if not tolerate and self.fail_fast and not self.succeeded(result):
+        if not tolerate and not self.succeeded(result):
             why = result.error.message if result.error else f"exit code {result.exit_code}"
-            self.fail(f"task {index} failed: {why}")
+            if self._failure is None:
+                self._failure = f"task {index} failed: {why}"
+            if self.fail_fast:
+                self.fail(f"task {index} failed: {why}")
         return result
 
     async def wait_for(self, stage: str, timeout: float | None) -> tuple[list[Result | None], bool]:
@@ -651,7 +654,8 @@ class Engine:
             else:
                 st.output = output
                 state.scope[name] = output
-                st.status = "failed" if st.failed and not st.tolerated else "succeeded"
+                # A failure a pattern tolerated (execute_one(tolerate=True)) does not count.
+                st.status = "failed" if run._failure is not None and not st.tolerated else "succeeded"
                 if st.status == "failed":
                     st.error = run._failure
             if st.status == "failed":

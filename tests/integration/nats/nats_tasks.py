@@ -1,0 +1,22 @@
+"""Functions the ``python`` executor calls in the NATS tests (importable by workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def slow(i: int, seconds: float = 0.2, record: str | None = None) -> int:
+    """Sleep, optionally append ``i`` to a file (to count executions), return ``i``."""
+    time.sleep(seconds)
+    if record:
+        with Path(record).open("a") as fh:
+            fh.write(f"{i}\n")
+    return i
+
+
+def die() -> None:
+    """A poison task: kills the worker process running it."""
+    os.kill(os.getpid(), signal.SIGKILL)
