@@ -195,7 +195,8 @@ def _compile(value: Any, where: str, path: str, exprs: list[tuple[str, Expr]]) -
         if not dynamic:
             const = _unescape(value)
             return lambda _scope: const
-        static = {k: _unescape(v) for k, v in value.items() if not _has_expr(v)}
+        # Dynamic keys get a placeholder so the rendered dict keeps the file's key order.
+        static = {k: None if _has_expr(v) else _unescape(v) for k, v in value.items()}
 
         def render_dict(scope: Mapping[str, Any]) -> Any:
             out = dict(static)
