@@ -12,7 +12,13 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+# Running a file puts its folder first on sys.path, where sibling benchmarks (http.py, ...)
+# would shadow standard modules of the same name.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
 from workplex.config import parse_config
 from workplex.executor import Context, Task
@@ -50,8 +56,6 @@ async def per_call(call: Call, model: Any, ctx: Context, n: int) -> float:
 
 
 async def main(n: int) -> None:
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
-    configure_logging(json=True, stream=devnull)
     config = parse_config({})
     chain = OverlayChain.from_config(config)
     registry = Registry(config, overlays=chain)
@@ -70,8 +74,9 @@ async def main(n: int) -> None:
         added = (seconds - bare) * 1e6
         print(f"{label:48} {seconds * 1e6:9.2f} {added:9.2f} {seconds / bare:7.1f}x")
     await registry.shutdown()
-    devnull.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    with open(os.devnull, "w") as devnull:
+        configure_logging(json=True, stream=devnull)
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))

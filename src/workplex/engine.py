@@ -167,6 +167,12 @@ class StageRun:
         self._failure: str | None = None
         self._pause: str | None = None
         self.fail_fast = not (plan.stage.continue_on_error or plan.downstream_gathers)
+        engine = state.engine
+        registry = engine.registry
+        local_only = bool(plan.executors) and all(
+            name in registry and registry.executor_class(name).local_only for name in plan.executors
+        )
+        self.backend: Backend = engine.local if local_only or engine.backend is None else engine.backend
         self._fail_on_nonzero = plan.stage.fail_on_nonzero
 
     # ---- helpers for patterns --------------------------------------------------------
@@ -295,10 +301,8 @@ class StageRun:
                     task.payload if task else None, result,
                 )
 
-        backend = state.engine.backend
-        assert backend is not None
         runner = asyncio.ensure_future(
-            backend.execute(
+            self.backend.execute(
                 source,
                 run_id=run_id,
                 stage=name,
@@ -328,9 +332,7 @@ class StageRun:
         if old is not None:
             return old
         holder: list[Result] = []
-        backend = self._state.engine.backend
-        assert backend is not None
-        await backend.execute(
+        await self.backend.execute(
             [task],
             run_id=self.run_id,
             stage=self.stage.name,
@@ -396,11 +398,14 @@ class Engine:
         lease_ttl: float = 30.0,
     ) -> None:
         self.registry = registry
-        if backend is None:
-            from workplex.backends.local import LocalBackend
+        from workplex.backends.local import LocalBackend
 
+        if backend is None:
             backend = LocalBackend(registry)
         self.backend: Backend | None = backend
+        self.local = backend if isinstance(backend, LocalBackend) else LocalBackend(registry)
+        """Runs ``local_only`` executors (approval, workflow) in this process on any backend."""
+        self.local.engine = self
         self.store = store
         if patterns is None:
             from workplex.patterns import PatternRegistry

@@ -399,6 +399,9 @@ class Executor:
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
     Config: ClassVar[type[ExecutorConfig]] = ExecutorConfig
+    local_only: ClassVar[bool] = False
+    """Runs in the process that drives the run (it needs ``ctx.engine``); a distributed
+    backend never ships it to a worker."""
 
     def __init__(self) -> None:
         self.config: Any = self.Config()

@@ -496,7 +496,11 @@ class Worker:
             ]
             runners = [asyncio.ensure_future(self._runner(sender)) for _ in range(self.concurrency)]
             pulls = [asyncio.ensure_future(_Pull(self, n).loop()) for n in self.executors]
-            await _first(self.stopping.wait(), asyncio.gather(*pulls, *runners))
+            stop_wait = asyncio.ensure_future(self.stopping.wait())
+            # Wait on the tasks themselves (not a gather, whose cancellation would cancel
+            # them): until a stop is asked or one of them dies.
+            await asyncio.wait([stop_wait, *pulls, *runners], return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
             self.stopping.set()
             broken = [t for t in (*pulls, *runners) if t.done() and not t.cancelled()]
             await self._wind_down(pulls, runners, sender)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -19,9 +19,18 @@ from workplex.errors import ValidationError, WorkplexError
 from workplex.executor import Context, Result, Task
 from workplex.registry import Prepared, failed_result, ok_result, run_call
 
+if TYPE_CHECKING:
+    from workplex.engine import Engine
+    from workplex.registry import Registry
+
 
 class LocalBackend(Backend):
     name = "local"
+
+    def __init__(self, registry: Registry, engine: Engine | None = None) -> None:
+        super().__init__(registry)
+        self.engine = engine
+        """The Engine whose runs this backend executes (given to tasks as ``ctx.engine``)."""
 
     async def execute(
         self,
@@ -36,6 +45,7 @@ class LocalBackend(Backend):
     ) -> None:
         registry = self.registry
         secrets = registry.secrets
+        engine = self.engine
         # Chains are cached per (executor, key): the key must be stable across runs.
         key = (stage, json.dumps(settings, sort_keys=True, default=str)) if settings else None
         prepared: dict[str, Prepared | BaseException] = {}
@@ -70,7 +80,7 @@ class LocalBackend(Backend):
                 except WorkplexError as exc:
                     on_result(index, Result.failure(exc, task_id=task.id))
                     return
-            ctx = Context(task.id, run_id, stage, 1, None, p.config, secrets, task.metadata)
+            ctx = Context(task.id, run_id, stage, 1, None, p.config, secrets, task.metadata, engine)
             start = time_()
             t0 = perf()
             try:
@@ -135,7 +145,9 @@ class LocalBackend(Backend):
                 await one(index, task)  # reports the validation failure
                 continue
             good.append((index, task))
-            ctxs.append(registry.context(task, run_id=run_id, stage=stage))
+            ctx = registry.context(task, run_id=run_id, stage=stage)
+            ctx.engine = self.engine
+            ctxs.append(ctx)
         if not good:
             return
         batch_task = Task(type_, {}, id=good[0][1].id)

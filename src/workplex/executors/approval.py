@@ -50,6 +50,7 @@ class Approval(Executor):
     name = "approval"
     description = "Pauses the run until a person approves or rejects the stage (optional timeout)."
     security = SecurityLevel.SAFE
+    local_only = True
 
     Input = ApprovalInput
     Output = ApprovalOutput

@@ -31,6 +31,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -335,6 +336,12 @@ class _Policy:
                     )
 
 
+def _hint(command: str) -> str:
+    if any(c.isspace() for c in command):
+        return "; `command` is one program: put its arguments in `args` (no shell is involved)"
+    return ""
+
+
 def _split(line: str) -> list[str]:
     lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
@@ -506,6 +513,87 @@ class _Capture:
         return text, False
 
 
+class _Child:
+    """A spawned program: its pid, and reaping without ``subprocess``'s bookkeeping."""
+
+    __slots__ = ("pid", "popen", "returncode")
+
+    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            if self.popen is not None:
+                self.returncode = self.popen.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            if self.popen is not None:
+                self.returncode = self.popen.wait()
+            else:
+                while True:
+                    try:
+                        _, status = os.waitpid(self.pid, 0)
+                        break
+                    except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                        continue
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+# Python ignores SIGPIPE (and SIGXFSZ); a program it starts must get the defaults back,
+# as subprocess's restore_signals does.
+_DEFAULT_SIGNALS = tuple(
+    s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s
+)
+_USE_POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
+
+
+def _spawn(job: _Job, stdin: int, stdout: int, stderr: int) -> _Child:
+    """Start the program in a new session. posix_spawn (a vfork) is the cheap way; it cannot
+    change directory before Python 3.13, so a ``working_dir`` goes through subprocess."""
+    if _USE_POSIX_SPAWN and job.cwd is None:
+        null = -1
+        if stdin < 0:
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            stdin = null
+        try:
+            pid = os.posix_spawn(
+                job.executable,
+                job.argv,
+                os.environ if job.env is None else job.env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, stdin, 0),
+                    (os.POSIX_SPAWN_DUP2, stdout, 1),
+                    (os.POSIX_SPAWN_DUP2, stderr, 2),
+                ],
+                setsid=True,
+                setsigdef=_DEFAULT_SIGNALS,
+            )
+        finally:
+            if null >= 0:
+                os.close(null)
+        return _Child(pid)
+    popen = subprocess.Popen(
+        job.argv,
+        executable=job.executable,
+        stdin=stdin if stdin >= 0 else subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=job.cwd,
+        env=job.env,
+        start_new_session=True,
+    )
+    return _Child(popen.pid, popen)
+
+
 def _run(job: _Job, wake_r: int, wake_w: int) -> tuple[Any, ...]:
     """Spawn, feed, read, wait; on deadline or cancel kill the group. Runs on a thread."""
     out_r, out_w = os.pipe()
@@ -513,39 +601,33 @@ def _run(job: _Job, wake_r: int, wake_w: int) -> tuple[Any, ...]:
     in_r = in_w = -1
     if job.stdin:
         in_r, in_w = os.pipe()
-    fds = [out_r, err_r]
     pidfd = -1
-    proc: subprocess.Popen[bytes] | None = None
+    child: _Child | None = None
     try:
         with job.lock:
             if job.cancelled:
                 return ("cancelled",)
             job.wake_fd = wake_w
             start = time.monotonic()
-            proc = subprocess.Popen(
-                job.argv,
-                executable=job.executable,
-                stdin=in_r if in_r >= 0 else subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=job.cwd,
-                env=job.env,
-                start_new_session=True,
-            )
+            child = _spawn(job, in_r, out_w, err_w)
         os.close(out_w)
         os.close(err_w)
         out_w = err_w = -1
         if in_r >= 0:
             os.close(in_r)
             in_r = -1
-            fds.append(in_w)
             os.set_blocking(in_w, False)
         if _HAS_PIDFD:
             try:
-                pidfd = os.pidfd_open(proc.pid)
+                pidfd = os.pidfd_open(child.pid)
             except OSError:
                 pidfd = -1
-        return _supervise(job, proc, pidfd, out_r, err_r, in_w, wake_r, start)
+        stdin_fd = [in_w]  # _supervise closes it when all is written (EOF for the program)
+        in_w = -1
+        try:
+            return _supervise(job, child, pidfd, out_r, err_r, stdin_fd, wake_r, start)
+        finally:
+            in_w = stdin_fd[0]
     except OSError as exc:
         return ("spawn_error", exc)
     finally:
@@ -553,9 +635,9 @@ def _run(job: _Job, wake_r: int, wake_w: int) -> tuple[Any, ...]:
             job.wake_fd = None
         if job.cancelled:  # a wake-up may still sit in the pipe: not for the next job
             _drain(wake_r)
-        if proc is not None and proc.returncode is None:  # an unexpected error: no orphans
-            _killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if child is not None and child.returncode is None:  # an unexpected error: no orphans
+            _killpg(child.pid, signal.SIGKILL)
+            child.wait()
         for fd in (out_r, out_w, err_r, err_w, in_r, in_w, pidfd):
             if fd >= 0:
                 try:
@@ -566,11 +648,11 @@ def _run(job: _Job, wake_r: int, wake_w: int) -> tuple[Any, ...]:
 
 def _supervise(
     job: _Job,
-    proc: subprocess.Popen[bytes],
+    proc: _Child,
     pidfd: int,
     out_r: int,
     err_r: int,
-    in_w: int,
+    stdin_fd: list[int],
     wake_r: int,
     start: float,
 ) -> tuple[Any, ...]:
@@ -584,6 +666,7 @@ def _supervise(
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
     stdin = memoryview(job.stdin) if job.stdin else None
+    in_w = stdin_fd[0]
     if in_w >= 0:
         poller.register(in_w, select.POLLOUT)
     open_pipes = 2
@@ -634,6 +717,7 @@ def _supervise(
                 stdin = stdin[n:]
                 if not stdin:
                     poller.unregister(in_w)
+                    stdin_fd[0] = -1
                     os.close(in_w)
                     in_w = -1
                     stdin = None
@@ -645,8 +729,6 @@ def _supervise(
                 continue
             _killpg(proc.pid, signal.SIGTERM)
             leftover_deadline = time.monotonic() + job.grace
-    if in_w >= 0:
-        os.close(in_w)
     if reason:
         _terminate_group(proc, pidfd, job.grace)
     elif job.kill_leftovers:
@@ -661,7 +743,7 @@ def _supervise(
     return ("ok", rc, stdout, stderr, out_trunc, err_trunc, proc.pid, duration)
 
 
-def _terminate_group(proc: subprocess.Popen[bytes], pidfd: int, grace: float) -> None:
+def _terminate_group(proc: _Child, pidfd: int, grace: float) -> None:
     """SIGTERM the whole group, give the leader ``grace`` seconds, then SIGKILL the group."""
     pgid = proc.pid
     _killpg(pgid, signal.SIGTERM)
@@ -717,7 +799,7 @@ class Command(Executor):
         if found is None:
             found = shutil.which(command, path=search_path)
             if found is None:
-                raise PermanentError(f"command {command!r} not found on PATH")
+                raise PermanentError(f"command {command!r} not found on PATH{_hint(command)}")
             found = os.path.abspath(found)
             if len(self._which) >= 1024:
                 self._which.clear()
@@ -729,12 +811,16 @@ class Command(Executor):
             program = _Program(path)
         except FileNotFoundError:
             if search_path is None:
-                raise PermanentError(f"command {command!r}: no such file ({path})") from None
+                raise PermanentError(
+                    f"command {command!r}: no such file ({path}){_hint(command)}"
+                ) from None
             self._which.pop((command, search_path), None)  # moved or removed: look again
             try:
                 program = _Program(self._find(command, search_path))
             except FileNotFoundError:
-                raise PermanentError(f"command {command!r} not found on PATH") from None
+                raise PermanentError(
+                    f"command {command!r} not found on PATH{_hint(command)}"
+                ) from None
         except OSError as exc:
             raise PermanentError(f"command {command!r} ({path}): {exc.strerror}") from exc
         return program  # not executable: the spawn says so (EACCES), no extra syscall here

@@ -37,6 +37,7 @@ class Workflow(Executor):
     name = "workflow"
     description = "Runs another pipeline file as a sub-run; its output is the sub-run's output."
     security = SecurityLevel.SAFE
+    local_only = True
 
     Input = WorkflowInput
     Output = WorkflowOutput

@@ -26,7 +26,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from workplex.errors import CircuitOpenError
 from workplex.executor import Context
-from workplex.overlays.chain import Duration, Overlay, OverlayChain
+from workplex.overlays.chain import Duration, Overlay, OverlayChain, key_function
 from workplex.overlays.limits import KeyedConfig
 from workplex.registry import Call
 
@@ -172,25 +172,30 @@ class CircuitBreaker(Overlay):
 
     def __init__(self, chain: OverlayChain) -> None:
         super().__init__(chain)
-        self._breakers: dict[Hashable, Breaker] = {}
-
-    def breaker(self, executor: str, key: Hashable, config: CircuitBreakerConfig) -> Breaker:
-        full = (executor, config, key)
-        breaker = self._breakers.get(full)
-        if breaker is None:
-            breaker = self._breakers[full] = Breaker(self.chain, executor, key, config)
-        return breaker
+        self._tables: dict[Hashable, dict[Hashable, Breaker]] = {}
 
     def breakers(self) -> list[Breaker]:
-        return list(self._breakers.values())
+        return [b for table in self._tables.values() for b in table.values()]
 
     def wrap(self, next: Call, executor: str, config: CircuitBreakerConfig) -> Call:
-        keyed = key_function_or_const(config.key, executor)
+        keyed = key_function(config.key, executor)
         ignore = frozenset(config.ignore)
+        # Calls with the same executor and options share breakers (looked up once, here).
+        table = self._tables.setdefault((executor, config), {})
+        chain = self.chain
+
+        def breaker_for(key: Hashable) -> Breaker:
+            breaker = table.get(key)
+            if breaker is None:
+                breaker = table[key] = Breaker(chain, executor, key, config)
+            return breaker
+
+        fixed = None if callable(keyed) else breaker_for(keyed)
+        key_of: Callable[[Any, Context], Hashable] | None = keyed if callable(keyed) else None
 
         async def circuit_breaker(input: Any, ctx: Context) -> Any:
-            key = keyed(input, ctx)
-            breaker = self.breaker(executor, key, config)
+            breaker = fixed if key_of is None else breaker_for(key_of(input, ctx))
+            assert breaker is not None
             breaker.before()
             try:
                 out = await next(input, ctx)
@@ -207,13 +212,3 @@ class CircuitBreaker(Overlay):
             return out
 
         return circuit_breaker
-
-
-def key_function_or_const(key: str, executor: str) -> Callable[[Any, Context], Hashable]:
-    from workplex.overlays.chain import key_function
-
-    keyed = key_function(key, executor)
-    if callable(keyed):
-        return keyed
-    const = keyed
-    return lambda input, ctx: const

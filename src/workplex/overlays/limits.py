@@ -88,27 +88,30 @@ class Concurrency(Overlay):
 
     def __init__(self, chain: Any) -> None:
         super().__init__(chain)
-        self._slots: dict[Hashable, Slots] = {}
+        self._tables: dict[Hashable, dict[Hashable, Slots]] = {}
 
     def coerce(self, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return {"limit": value}
         return super().coerce(value)
 
-    def slots(self, key: Hashable, limit: int) -> Slots:
-        slots = self._slots.get(key)
-        if slots is None:
-            if len(self._slots) >= _PRUNE_AT:
-                for k in [k for k, s in self._slots.items() if s.idle]:
-                    del self._slots[k]
-            slots = self._slots[key] = Slots(limit)
-        return slots
-
     def wrap(self, next: Call, executor: str, config: ConcurrencyConfig) -> Call:
         keyed = key_function(config.key, executor)
         limit = config.limit
+        # Calls with the same executor and options share limiters (looked up once, here).
+        table = self._tables.setdefault((executor, config), {})
+
+        def slots_for(key: Hashable) -> Slots:
+            slots = table.get(key)
+            if slots is None:
+                if len(table) >= _PRUNE_AT:
+                    for k in [k for k, s in table.items() if s.idle]:
+                        del table[k]
+                slots = table[key] = Slots(limit)
+            return slots
+
         if not callable(keyed):
-            fixed = self.slots((executor, config, keyed), limit)
+            fixed = slots_for(keyed)
 
             async def concurrency(input: Any, ctx: Context) -> Any:
                 await fixed.acquire()
@@ -121,7 +124,7 @@ class Concurrency(Overlay):
         key_of: Callable[[Any, Context], Hashable] = keyed
 
         async def keyed_concurrency(input: Any, ctx: Context) -> Any:
-            slots = self.slots((executor, config, key_of(input, ctx)), limit)
+            slots = slots_for(key_of(input, ctx))
             await slots.acquire()
             try:
                 return await next(input, ctx)
@@ -189,23 +192,25 @@ class RateLimit(Overlay):
 
     def __init__(self, chain: Any) -> None:
         super().__init__(chain)
-        self._buckets: dict[Hashable, Bucket] = {}
-
-    def bucket(self, key: Hashable, config: RateLimitConfig) -> Bucket:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= _PRUNE_AT:
-                for k in [k for k, b in self._buckets.items() if b.idle]:
-                    del self._buckets[k]
-            burst = config.burst or max(1, math.ceil(config.rate))
-            bucket = Bucket(self.chain.clock, config.rate, config.period, burst)
-            self._buckets[key] = bucket
-        return bucket
+        self._tables: dict[Hashable, dict[Hashable, Bucket]] = {}
 
     def wrap(self, next: Call, executor: str, config: RateLimitConfig) -> Call:
         keyed = key_function(config.key, executor)
+        table = self._tables.setdefault((executor, config), {})
+        burst = config.burst or max(1, math.ceil(config.rate))
+        clock = self.chain.clock
+
+        def bucket_for(key: Hashable) -> Bucket:
+            bucket = table.get(key)
+            if bucket is None:
+                if len(table) >= _PRUNE_AT:
+                    for k in [k for k, b in table.items() if b.idle]:
+                        del table[k]
+                bucket = table[key] = Bucket(clock, config.rate, config.period, burst)
+            return bucket
+
         if not callable(keyed):
-            fixed = self.bucket((executor, config, keyed), config)
+            fixed = bucket_for(keyed)
 
             async def rate_limit(input: Any, ctx: Context) -> Any:
                 await fixed.acquire()
@@ -215,7 +220,7 @@ class RateLimit(Overlay):
         key_of: Callable[[Any, Context], Hashable] = keyed
 
         async def keyed_rate_limit(input: Any, ctx: Context) -> Any:
-            await self.bucket((executor, config, key_of(input, ctx)), config).acquire()
+            await bucket_for(key_of(input, ctx)).acquire()
             return await next(input, ctx)
 
         return keyed_rate_limit

@@ -16,11 +16,11 @@ from workplex.engine import StageRun
 from workplex.errors import PipelineError
 from workplex.patterns import Pattern, PatternConfig
 from workplex.pipeline.expressions import compile_expr
-from workplex.pipeline.model import Stage, parse_duration
+from workplex.pipeline.model import OptionalDuration, Stage, parse_duration
 
 
 class GatherConfig(PatternConfig):
-    timeout: float | None = Field(
+    timeout: OptionalDuration = Field(
         default=None, description="Wait at most this long; what arrived by then is used."
     )
     min_results: int = Field(default=0, ge=0, description="Fewer successful results fail.")

@@ -75,12 +75,15 @@ def pipeline_from_data(
     """Validate a parsed document into a Pipeline; every problem is reported at once."""
     if not isinstance(data, dict):
         raise PipelineError(f"{source}: a pipeline file must be a mapping with `name` and `stages`")
+    # Duplicate stage names are found here, not by the model, so the error has a line.
+    problems = _duplicate_stages(data, source, marks)
     try:
         pipeline = Pipeline.model_validate(data)
     except PydanticValidationError as exc:
-        problems = []
         for err in exc.errors(include_url=False):
             loc = tuple(err.get("loc", ()))
+            if not loc and problems:
+                continue  # the model's own duplicate-name error, already reported with its line
             line = _line(marks, loc)
             msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
             problems.append(f"{source}{line}: {describe_loc(data, loc)}: {msg}")
@@ -89,6 +92,28 @@ def pipeline_from_data(
     pipeline._source = text
     pipeline._marks = marks
     return pipeline
+
+
+def _duplicate_stages(data: dict[Any, Any], source: str, marks: dict[tuple[Any, ...], int] | None) -> list[str]:
+    stages = data.get("stages")
+    if not isinstance(stages, list):
+        return []
+    first: dict[Any, int] = {}
+    problems = []
+    for i, stage in enumerate(stages):
+        name = stage.get("name") if isinstance(stage, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            line = _line(marks, ("stages", i, "name"))
+            earlier = _line(marks, ("stages", first[name], "name")).lstrip(":")
+            at = f" (first at line {earlier})" if earlier else ""
+            problems.append(
+                f"{source}{line}: stage {name!r}: field 'name': stage name {name!r} is used twice{at}"
+            )
+        else:
+            first[name] = i
+    return problems
 
 
 def _line(marks: dict[tuple[Any, ...], int] | None, loc: tuple[Any, ...]) -> str:

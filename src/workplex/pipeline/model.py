@@ -15,9 +15,16 @@ The same pipeline can be written in YAML or built in Python::
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -38,6 +45,22 @@ def parse_duration(value: Any) -> float:
         if m:
             return float(m.group(1)) * _UNITS[m.group(2)]
     raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 30s, 2m, 1h)")
+
+
+OptionalDuration = Annotated[
+    float | None,
+    # Validated by parse_duration (mode="before"); the schema shows what a file may say.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+                {"type": "null"},
+            ],
+            "description": "Seconds, or a duration like 500ms, 30s, 2m, 1h.",
+        }
+    ),
+]
 
 
 InputType = Literal["string", "number", "integer", "boolean", "array", "object", "any"]
@@ -136,7 +159,7 @@ class Stage(BaseModel):
     gather: GatherSpec | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     needs: list[str] | None = None
-    timeout: float | None = None
+    timeout: OptionalDuration = None
     retry: dict[str, Any] | None = None
     overlays: dict[str, Any] | None = None
     if_: str | None = Field(default=None, alias="if")

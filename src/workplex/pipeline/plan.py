@@ -8,6 +8,7 @@ line, the stage and the field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,14 @@ class Plan:
                 [("inputs", p) for p in problems],
             )
         return out
+
+
+def _path_loc(path: str) -> tuple[Any, ...]:
+    """``a.b[1]`` -> ``("a", "b", 1)``: a template field path as YAML mark keys."""
+    return tuple(
+        int(part[1:-1]) if part.startswith("[") else part
+        for part in re.findall(r"\[\d+\]|[^.\[\]]+", path)
+    )
 
 
 def _where(pipeline: Pipeline, stage_index: int | None, *loc: Any) -> str:
@@ -233,11 +242,14 @@ def build_plan(
             try:
                 tpl = compile_template(value, f"stage {stage.name!r}: {key}")
             except PipelineError as exc:
-                problem(i, stage.name, key, str(exc).split(": ", 2)[-1], *loc)
+                # The message is "stage 'x': input.path: bad expression ..."; keep the path.
+                parts = str(exc).split(": ", 2)
+                fld = parts[1] if len(parts) == 3 else key
+                problem(i, stage.name, fld, parts[-1], *loc, *_path_loc(fld[len(key) + 1 :]))
                 continue
             templates[key] = tpl
             for path, expr in tpl.exprs:
-                check_roots(expr, f"{key}.{path}" if path else key, *loc)
+                check_roots(expr, f"{key}.{path}" if path else key, *loc, *_path_loc(path))
             targets = executor if isinstance(executor, list) else [executor] if executor else []
             for target in targets:
                 model = input_models.get(target)

@@ -132,6 +132,15 @@ def _start_dockerd(root: Path) -> tuple[subprocess.Popen[bytes] | None, str, str
     return None, "", "\n".join(problems)
 
 
+def _unmount_under(root: Path) -> None:
+    """Detach what dockerd leaves mounted in its exec root (``netns/default``, an nsfs)."""
+    prefix = f"{root}/"
+    with open("/proc/self/mounts") as fh:
+        points = [line.split()[1] for line in fh if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def docker_url() -> Iterator[str]:
     """The URL of a Docker engine that answers (DOCKER_HOST, or a private dockerd)."""
@@ -153,6 +162,7 @@ def docker_url() -> Iterator[str]:
     finally:
         if proc is not None:
             _stop(proc)
+        _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

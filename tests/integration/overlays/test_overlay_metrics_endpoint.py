@@ -50,7 +50,8 @@ async def test_given_metrics_on_when_tasks_run_then_the_endpoint_reports_counts_
     assert ok.success and not bad.success
     server = serve_metrics(free_port(), "127.0.0.1", registry=chain)
     try:
-        response = httpx.get(server.url, timeout=5)
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(server.url)
     finally:
         server.stop()
     assert response.status_code == 200

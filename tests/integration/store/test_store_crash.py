@@ -35,8 +35,8 @@ stages:
     scatter: {{input: $.trigger.items, as: item}}
     input:
       function: store_crash_work:mark
-      kwargs: {{index: $.item, path: {lines}, pause: 0.0005}}
-    config: {{max_parallel: 4}}
+      kwargs: {{index: $.item, path: {lines}, pause: 0.001}}
+    config: {{max_parallel: 8}}
   - name: after
     executor: echo
     input: {{done: true}}
@@ -55,61 +55,72 @@ async def wait_for_run(store: Store, pipeline: str, proc: asyncio.subprocess.Pro
     raise AssertionError(f"run of {pipeline} never appeared")
 
 
+async def one_trial(
+    trial: int, rng: random.Random, store: Store, url: str, tmp_path: Path, env: dict[str, str]
+) -> bool:
+    """Start a run, SIGKILL it at a random point, resume until it completes, check the
+    lines. Returns whether the kill interrupted the run."""
+    delay = rng.uniform(0.0, 0.4)
+    name = f"crash-{tmp_path.name[-12:]}-{trial}"
+    lines = tmp_path / f"lines-{trial}.txt"
+    file = tmp_path / f"{name}.yaml"
+    file.write_text(PIPELINE.format(name=name, lines=lines))
+    inputs = tmp_path / "inputs.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workplex.cli", "run", str(file),
+        "--inputs-file", str(inputs), "--store", url, "--json",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        run_id = await wait_for_run(store, name, proc)
+        # Kill somewhere between "run recorded" and "well into the scatter".
+        await asyncio.sleep(delay)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    assert run_id is not None, f"trial {trial}: run never recorded"
+    before = await store.get_run(run_id)
+    assert before is not None
+    finished = {i for i, r in (await store.finished_tasks(run_id, "work")).items() if r.success}
+    interrupted = before.status != "succeeded"
+    if interrupted:
+        code, out, err = await run_cli("resume", run_id, "--store", url, "--json", env=env)
+        assert code == 0, f"trial {trial}: resume exited {code}: {err}"
+        assert json.loads(out)["status"] == "succeeded", f"trial {trial}: {out}"
+    after = await store.get_run(run_id)
+    assert after is not None and after.status == "succeeded", f"trial {trial}"
+    counts = collections.Counter(int(x) for x in lines.read_text().split())
+    missing = set(range(TASKS)) - set(counts)
+    assert not missing, f"trial {trial}: tasks never executed: {sorted(missing)[:10]}"
+    twice = sorted(i for i in finished if counts[i] > 1)
+    assert not twice, f"trial {trial}: finished tasks executed again: {twice[:10]}"
+    recorded = await store.finished_tasks(run_id, "work")
+    assert sorted(recorded) == list(range(TASKS))
+    assert all(r.success and r.output == i for i, r in recorded.items())
+    return interrupted
+
+
 async def test_killed_runs_resume_without_redoing_finished_tasks(
     any_store_url: str, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     rng = random.Random(SEED)
-    inputs = tmp_path / "inputs.json"
-    inputs.write_text(json.dumps({"items": list(range(TASKS))}))
+    (tmp_path / "inputs.json").write_text(json.dumps({"items": list(range(TASKS))}))
     store = await Store.open(any_store_url)
-    killed_mid_run = 0
+    # Trials overlap (each has its own run and file): most of a trial is process start-up
+    # and sleeping tasks, so four at a time keep two cores busy.
+    gate = asyncio.Semaphore(4)
+    rngs = [random.Random(rng.random()) for _ in range(TRIALS)]
+
+    async def limited(trial: int) -> bool:
+        async with gate:
+            return await one_trial(trial, rngs[trial], store, any_store_url, tmp_path, cli_env)
+
     try:
-        for trial in range(TRIALS):
-            name = f"crash-{tmp_path.name[-12:]}-{trial}"
-            lines = tmp_path / f"lines-{trial}.txt"
-            file = tmp_path / f"{name}.yaml"
-            file.write_text(PIPELINE.format(name=name, lines=lines))
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "workplex.cli", "run", str(file),
-                "--inputs-file", str(inputs), "--store", any_store_url, "--json",
-                env=cli_env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                run_id = await wait_for_run(store, name, proc)
-                # Kill somewhere between "run recorded" and "well into the scatter".
-                await asyncio.sleep(rng.uniform(0.0, 0.5))
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGKILL)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.communicate()
-            assert run_id is not None, f"trial {trial}: run never recorded"
-            before = await store.get_run(run_id)
-            assert before is not None
-            finished = {
-                i for i, r in (await store.finished_tasks(run_id, "work")).items() if r.success
-            }
-            if before.status != "succeeded":
-                killed_mid_run += 1
-                for _attempt in range(3):
-                    code, out, err = await run_cli(
-                        "resume", run_id, "--store", any_store_url, "--json", env=cli_env
-                    )
-                    assert code == 0, f"trial {trial}: resume exited {code}: {err}"
-                    if json.loads(out)["status"] == "succeeded":
-                        break
-            after = await store.get_run(run_id)
-            assert after is not None and after.status == "succeeded", f"trial {trial}"
-            counts = collections.Counter(int(x) for x in lines.read_text().split())
-            missing = set(range(TASKS)) - set(counts)
-            assert not missing, f"trial {trial}: tasks never executed: {sorted(missing)[:10]}"
-            twice = sorted(i for i in finished if counts[i] > 1)
-            assert not twice, f"trial {trial}: finished tasks executed again: {twice[:10]}"
-            recorded = await store.finished_tasks(run_id, "work")
-            assert sorted(recorded) == list(range(TASKS))
-            assert all(r.success and r.output == i for i, r in recorded.items())
+        interrupted = await asyncio.gather(*(limited(n) for n in range(TRIALS)))
     finally:
         await store.close()
     # The random kills must actually interrupt runs, or this test proves nothing.
-    assert killed_mid_run >= TRIALS // 2
+    assert sum(interrupted) >= TRIALS // 2, interrupted

@@ -70,3 +70,34 @@ async def test_given_a_timeout_when_the_work_is_fast_then_the_output_comes_back(
     async with registry:
         result = await registry.execute(task)
     assert result.success and result.output == "finished"
+
+
+async def test_given_many_attempts_under_one_timeout_when_some_are_slow_then_only_those_time_out(
+    make_registry: MakeRegistry,
+) -> None:
+    import asyncio
+
+    registry, _ = make_registry({"python": {"timeout": "100ms"}})
+
+    def task(seconds: float) -> Task:
+        return Task(
+            "python", {"function": "tests.unit.overlays.flaky:slow", "kwargs": {"seconds": seconds}}
+        )
+
+    async with registry:
+        results = await asyncio.gather(*(registry.execute(task(s)) for s in [0, 30, 0, 30, 0.01]))
+    outcomes = [r.error.type if r.error else r.output for r in results]
+    assert outcomes == ["finished", "TaskTimeoutError", "finished", "TaskTimeoutError", "finished"]
+
+
+async def test_given_a_retry_deadline_shorter_than_the_timeout_when_slow_then_the_deadline_cuts_it(
+    make_registry: MakeRegistry,
+) -> None:
+    registry, _ = make_registry(
+        {"python": {"retry": {"max_attempts": 5, "deadline": "200ms"}, "timeout": "30s"}}
+    )
+    task = Task("python", {"function": "tests.unit.overlays.flaky:slow", "kwargs": {"seconds": 30}})
+    async with registry:
+        result = await registry.execute(task)
+    assert result.error is not None and result.error.type == "TaskTimeoutError"
+    assert result.metrics is not None and result.metrics.attempts == 1

@@ -59,7 +59,7 @@ async def overlap(name: str, peers: int) -> dict[str, Any]:
     PEAK = max(PEAK, ACTIVE)
     start = time.monotonic()
     try:
-        while PEAK < peers:
+        while peers > PEAK:
             await asyncio.sleep(0.001)
         return {"name": name}
     finally:
@@ -95,7 +95,7 @@ def fail_on(item: Any, bad: list[Any]) -> dict[str, Any]:
 async def fail_when_files(directory: str, count: int) -> None:
     """Fail once ``count`` files exist in ``directory`` (the other stage's tasks started)."""
     path = Path(directory)
-    while len(list(path.glob("*.pid"))) < count:
+    while len(await asyncio.to_thread(lambda: list(path.glob("*.pid")))) < count:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     raise RuntimeError("the failing stage failed")
 
