@@ -129,7 +129,9 @@ async def main(rounds: int) -> None:
     print(f"  command / asyncio      {best_cmd / best_aio:5.2f}")
     print(f"  command / thread pool  {best_cmd / best_pool:5.2f}")
     ratio = best_cmd / faster
-    print(f"  target: >= 0.9 of the faster baseline -> {ratio:.2f} {'met' if ratio >= 0.9 else 'NOT met'}")
+    print(
+        f"  target: >= 0.9 of the faster baseline -> {ratio:.2f} {'met' if ratio >= 0.9 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,14 @@ async def main(n: int, repeat: int) -> None:
     print(f"{n:,}-item echo scatter (best of {repeat})")
     for label, rate, secs in rows:
         print(f"  {label:<34} {rate:>12,.0f} tasks/s  ({secs:.3f} s)")
-    print(f"  store / no store throughput ratio  {best_bare / best_stored and (n / best_stored) / (n / best_bare):.2f}")
-    print(f"  target >= 20,000 tasks/s with the store: {'met' if n / best_stored >= 20000 else 'NOT met'}")
+    cost_us = (best_stored - best_bare) / n * 1e6
+    print(
+        f"  ratio with store / without          {best_bare / best_stored:.2f}"
+        f"  (the store adds {cost_us:.1f} us per task)"
+    )
+    print(
+        f"  target >= 20,000 tasks/s with the store: {'met' if n / best_stored >= 20000 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -467,9 +467,9 @@ def run(
             from workplex.overlays.metrics import serve_metrics
 
             chain = registry.overlays
-            stop_metrics = serve_metrics(
-                metrics_port, registry=chain if isinstance(chain, OverlayChain) else None
-            )
+            assert isinstance(chain, OverlayChain)
+            chain.enable("metrics")
+            stop_metrics = serve_metrics(metrics_port, registry=chain)
         the_store = await open_store_or_none(store, no_store, registry)
         try:
             be = open_backend(backend, registry, wait_for_workers=wait_for_workers) if backend else None
@@ -808,21 +808,20 @@ def show(
         head.add_row("driven by", f"{run.lease_owner} (lease until {_when(run.lease_until)})")
     console.print(head)
     table = Table(title="stages")
-    for col in ("stage", "status", "tasks ok/failed", "retried", "max attempts", "avg / max task",
-                "duration", "error"):
+    for col in ("stage", "status", "tasks ok/failed", "attempts", "time (task avg)", "error"):
         table.add_column(col, overflow="fold" if col == "error" else "ellipsis")
     for name, st in run.stages.items():
         ts = stats.get(name)
         stcolor = _RUN_COLORS.get(st.status, "white")
         dur = (st.ended - st.started) if st.started and st.ended else None
-        counts = "-"
+        counts = attempts = "-"
+        avg = ""
         if ts is not None:
             counts = f"{ts.succeeded}/{ts.failed}" + (f" of {st.total}" if st.total else "")
+            attempts = f"max {ts.max_attempts}" + (f", {ts.retried} retried" if ts.retried else "")
+            avg = f" ({_secs(ts.avg_duration)})"
         table.add_row(
-            name, f"[{stcolor}]{st.status}[/]", counts,
-            str(ts.retried) if ts else "-", str(ts.max_attempts) if ts else "-",
-            f"{_secs(ts.avg_duration)} / {_secs(ts.max_duration)}" if ts else "-",
-            _secs(dur), st.error or "",
+            name, f"[{stcolor}]{st.status}[/]", counts, attempts, _secs(dur) + avg, st.error or ""
         )
     console.print(table)
     if failed:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -415,6 +416,7 @@ class Engine:
         self.lease_ttl = lease_ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._plans: dict[int, tuple[Pipeline, Plan]] = {}
+        self._tracer: Any = _tracing_provider(registry)
         self._opened = False
         self.runs: dict[str, _RunState] = {}
         """Runs in progress (by run id): their stage runs carry live counters for progress."""
@@ -558,7 +560,13 @@ class Engine:
             await store.run_update(result.run_id, "running")
             renew = asyncio.create_task(self._renew(state))
         self.runs[result.run_id] = state
+        span: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self._tracer is not None:
+            from workplex.overlays.tracing import run_span
+
+            span = run_span(result.run_id, result.pipeline, provider=self._tracer or None)
         try:
+            span.__enter__()
             for name in plan.order:
                 state.tasks[name] = asyncio.ensure_future(self._stage(state, name))
             try:
@@ -571,6 +579,7 @@ class Engine:
                 await asyncio.shield(self._finish(state))
                 raise
         finally:
+            span.__exit__(None, None, None)
             if renew is not None:
                 renew.cancel()
             self.runs.pop(result.run_id, None)
@@ -642,7 +651,13 @@ class Engine:
             if store is not None:
                 await store.stage_update(state.result.run_id, name, "running", started=st.started)
             try:
-                output = await sp.pattern.run(run)
+                if self._tracer is None:
+                    output = await sp.pattern.run(run)
+                else:
+                    from workplex.overlays.tracing import stage_span
+
+                    with stage_span(state.result.run_id, name, provider=self._tracer or None):
+                        output = await sp.pattern.run(run)
             except StageFailed as exc:
                 st.status, st.error = "failed", str(exc)
             except RunPaused as exc:
@@ -680,6 +695,20 @@ class Engine:
                         total=st.total, started=st.started, ended=st.ended,
                     )
                 )
+
+
+def _tracing_provider(registry: Registry) -> Any:
+    """None when tracing is off; otherwise the chain's tracer provider ("" for the global one)."""
+    chain = registry.overlays
+    defaults = getattr(chain, "defaults", None)
+    if chain is None or defaults is None:
+        return None
+    configured = [defaults.get("tracing")] + [
+        (s or {}).get("tracing") for s in registry.config.overlays.values()
+    ]
+    if not any(v not in (None, False) for v in configured):
+        return None
+    return getattr(chain, "tracer_provider", None) or ""
 
 
 __all__ = ["Engine", "RunResult", "StageFailed", "StageResult", "StageRun", "new_run_id"]

@@ -40,7 +40,11 @@ def workplex(tmp_path: Path) -> Workplex:
         environ.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "workplex.cli", *args],
-            cwd=cwd or tmp_path, env=environ, capture_output=True, text=True, timeout=90,
+            cwd=cwd or tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
         return Done(proc)
 

@@ -19,15 +19,28 @@ def test_quickstart(workplex: Workplex) -> None:
     data = done.json
     assert data["status"] == "succeeded"
     assert data["stages"]["hello"]["output"]["stdout"] == "hello from workplex\n"
-    assert [o["stdout"] for o in data["stages"]["shout"]["output"]] == ["ALPHA", "BETA", "GAMMA", "ALPHA"]
+    assert [o["stdout"] for o in data["stages"]["shout"]["output"]] == [
+        "ALPHA",
+        "BETA",
+        "GAMMA",
+        "ALPHA",
+    ]
     counts = data["stages"]["count"]["output"]
-    assert [(c["word"], len(c["times"])) for c in counts] == [("ALPHA", 2), ("BETA", 1), ("GAMMA", 1)]
+    assert [(c["word"], len(c["times"])) for c in counts] == [
+        ("ALPHA", 2),
+        ("BETA", 1),
+        ("GAMMA", 1),
+    ]
 
 
 def test_quickstart_with_words_given_on_the_command_line(workplex: Workplex) -> None:
     done = workplex(
-        "run", str(EXAMPLES / "quickstart.yaml"), "--input", 'words=["one","two","one"]',
-        "--json", "--no-store",
+        "run",
+        str(EXAMPLES / "quickstart.yaml"),
+        "--input",
+        'words=["one","two","one"]',
+        "--json",
+        "--no-store",
     )
     assert done.code == 0, done.stderr
     counts = done.json["stages"]["count"]["output"]
@@ -36,23 +49,37 @@ def test_quickstart_with_words_given_on_the_command_line(workplex: Workplex) -> 
 
 def test_document_processing(workplex: Workplex) -> None:
     done = workplex(
-        "run", str(EXAMPLES / "document-processing.yaml"), "--json", "--no-store",
+        "run",
+        str(EXAMPLES / "document-processing.yaml"),
+        "--json",
+        "--no-store",
         env={"PYTHONPATH": str(EXAMPLES)},
     )
     assert done.code == 0, done.stderr
     stages = done.json["stages"]
     parsed = stages["process-files"]["output"]
     assert [p["path"] for p in parsed] == [
-        "data/invoice-1001.txt", "data/letter-q3.txt", "data/invoice-1002.txt", "data/receipt-7.txt"
+        "data/invoice-1001.txt",
+        "data/letter-q3.txt",
+        "data/invoice-1002.txt",
+        "data/receipt-7.txt",
     ]
     words = {
         p: len((EXAMPLES / p).read_text().split())
-        for p in ("data/invoice-1001.txt", "data/letter-q3.txt", "data/invoice-1002.txt", "data/receipt-7.txt")
+        for p in (
+            "data/invoice-1001.txt",
+            "data/letter-q3.txt",
+            "data/invoice-1002.txt",
+            "data/receipt-7.txt",
+        )
     }
     assert [p["words"] for p in parsed] == list(words.values())
     assert stages["consolidate"]["output"] == [
-        {"documentType": "invoice", "documents": 2,
-         "words": words["data/invoice-1001.txt"] + words["data/invoice-1002.txt"]},
+        {
+            "documentType": "invoice",
+            "documents": 2,
+            "words": words["data/invoice-1001.txt"] + words["data/invoice-1002.txt"],
+        },
         {"documentType": "letter", "documents": 1, "words": words["data/letter-q3.txt"]},
         {"documentType": "receipt", "documents": 1, "words": words["data/receipt-7.txt"]},
     ]
@@ -87,8 +114,13 @@ def test_conditional_skips_and_runs_deploy(workplex: Workplex, tmp_path: Path) -
     assert stages["notify"]["output"] == {"built": "built\n"}
 
     ran = workplex(
-        "run", str(EXAMPLES / "conditional.yaml"), "--input", "deploy=true", "--json",
-        "--store", f"sqlite:///{tmp_path / 'runs.db'}",
+        "run",
+        str(EXAMPLES / "conditional.yaml"),
+        "--input",
+        "deploy=true",
+        "--json",
+        "--store",
+        f"sqlite:///{tmp_path / 'runs.db'}",
     )
     assert ran.code == 0, ran.stderr
     assert ran.json["stages"]["deploy"]["output"]["stdout"] == "deployed\n"
@@ -105,8 +137,7 @@ def test_all_examples_validate(workplex: Workplex) -> None:
 def test_a_failed_run_exits_1(workplex: Workplex, tmp_path: Path) -> None:
     path = tmp_path / "fail.yaml"
     path.write_text(
-        "name: fail\nstages:\n  - name: a\n    executor: command\n"
-        "    input: {command: \"false\"}\n"
+        'name: fail\nstages:\n  - name: a\n    executor: command\n    input: {command: "false"}\n'
     )
     done = workplex("run", str(path), "--json", "--no-store")
     assert done.code == 1

@@ -1,6 +1,9 @@
 """The ``command`` executor with real processes: output, exit codes, limits, process groups,
 and the allow/block lists against bypass attempts."""
 
+# Tests inspect real files right after each await; blocking there is the point.
+# ruff: noqa: ASYNC240
+
 from __future__ import annotations
 
 import asyncio
@@ -111,7 +114,9 @@ async def test_runs_a_program_and_captures_output(registry: Registry) -> None:
 
 async def test_nonzero_exit_is_an_outcome_not_an_error(registry: Registry) -> None:
     result = await run(
-        registry, command=PY, args=["-c", "import sys; print('out'); sys.stderr.write('err'); sys.exit(3)"]
+        registry,
+        command=PY,
+        args=["-c", "import sys; print('out'); sys.stderr.write('err'); sys.exit(3)"],
     )
     assert result.success and result.error is None
     assert result.exit_code == 3
@@ -237,9 +242,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path, ignore_term
 async def test_cancellation_kills_the_whole_process_group(tmp_path: Path) -> None:
     pids_file = tmp_path / "pids"
     async with make_registry(kill_grace=0.5) as reg:
-        task = asyncio.create_task(
-            run(reg, command=PY, args=["-c", FAMILY, "1", str(pids_file)])
-        )
+        task = asyncio.create_task(run(reg, command=PY, args=["-c", FAMILY, "1", str(pids_file)]))
         await wait_for(pids_file.exists)
         leader, grandchild = map(int, pids_file.read_text().split())
         try:
@@ -332,7 +335,9 @@ async def test_blocked_program_in_every_path_form(
 
 async def test_other_default_blocked_programs(registry: Registry) -> None:
     for name in ("dd", "sudo", "shutdown", "mkfs.ext4"):
-        path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+        path = shutil.which(name) or (
+            f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+        )
         if path is None:
             continue
         result = await run(registry, command=path, args=["--help"])
@@ -362,7 +367,9 @@ async def test_exec_wrappers_are_refused(registry: Registry, canary: Path, argv:
     assert canary.exists()
 
 
-async def test_shells_are_refused_without_the_shell_setting(registry: Registry, canary: Path) -> None:
+async def test_shells_are_refused_without_the_shell_setting(
+    registry: Registry, canary: Path
+) -> None:
     for shell in ("sh", "bash", "dash", "/bin/sh"):
         if shutil.which(shell) is None:
             continue

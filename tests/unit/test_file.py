@@ -1,5 +1,8 @@
 """The ``file`` executor on real files: every operation, and escape attempts refused."""
 
+# Tests inspect real files right after each await; blocking there is the point.
+# ruff: noqa: ASYNC240
+
 from __future__ import annotations
 
 import base64
@@ -64,7 +67,9 @@ async def test_root_is_created_on_demand(registry: Registry, root: Path) -> None
 
 
 async def test_write_read_append_stat_list_delete(registry: Registry, root: Path) -> None:
-    result = await run(registry, operation="write", path="a/b/note.txt", content="héllo", make_dirs=True)
+    result = await run(
+        registry, operation="write", path="a/b/note.txt", content="héllo", make_dirs=True
+    )
     assert result.success, result.error
     assert result.output["size"] == len("héllo".encode())
     assert (root / "a/b/note.txt").read_text() == "héllo"
@@ -100,7 +105,11 @@ async def test_write_read_append_stat_list_delete(registry: Registry, root: Path
 async def test_binary_content_as_base64(registry: Registry, root: Path) -> None:
     blob = bytes(range(256))
     result = await run(
-        registry, operation="write", path="blob", content=base64.b64encode(blob).decode(), encoding="base64"
+        registry,
+        operation="write",
+        path="blob",
+        content=base64.b64encode(blob).decode(),
+        encoding="base64",
     )
     assert result.success and (root / "blob").read_bytes() == blob
     result = await run(registry, operation="read", path="blob")
@@ -126,7 +135,9 @@ async def test_read_limit(root: Path) -> None:
     async with make_registry(root, max_read_bytes=10, max_write_bytes=20) as reg:
         await run(reg, operation="write", path="big", content="x" * 11)
         assert refused(await run(reg, operation="read", path="big"), "'big'", "max_read_bytes")
-        assert refused(await run(reg, operation="write", path="w", content="y" * 21), "max_write_bytes")
+        assert refused(
+            await run(reg, operation="write", path="w", content="y" * 21), "max_write_bytes"
+        )
 
 
 async def test_read_only(root: Path) -> None:
@@ -159,7 +170,9 @@ async def test_dotdot_and_absolute_paths_are_refused(
     assert (await run(registry, operation="read", path="sub/../in.txt")).output["content"] == "ok"
 
 
-async def test_symlinks_cannot_leave_the_root(registry: Registry, root: Path, outside: Path) -> None:
+async def test_symlinks_cannot_leave_the_root(
+    registry: Registry, root: Path, outside: Path
+) -> None:
     root.mkdir()
     (root / "file-link").symlink_to(outside / "secret.txt")
     (root / "dir-link").symlink_to(outside)
@@ -188,7 +201,9 @@ async def test_symlinks_inside_the_root_work_and_delete_removes_the_link(
 ) -> None:
     await run(registry, operation="write", path="real/data.txt", content="inside", make_dirs=True)
     (root / "alias").symlink_to("real")
-    assert (await run(registry, operation="read", path="alias/data.txt")).output["content"] == "inside"
+    assert (await run(registry, operation="read", path="alias/data.txt")).output[
+        "content"
+    ] == "inside"
     # stat and delete act on a final symlink itself, even one pointing outside
     (root / "out-link").symlink_to(outside / "secret.txt")
     result = await run(registry, operation="stat", path="out-link")

@@ -74,19 +74,78 @@ DEFAULT_BLOCKED = [
 
 EXEC_WRAPPERS = frozenset(
     {
-        "env", "xargs", "busybox", "toybox", "nice", "ionice", "renice", "timeout", "nohup",
-        "setsid", "stdbuf", "time", "chroot", "chrt", "taskset", "unshare", "nsenter", "flock",
-        "watch", "script", "strace", "ltrace", "gdb", "parallel", "setpriv", "capsh",
-        "systemd-run", "runuser", "sg", "newgrp", "find", "sudo", "su", "doas", "pkexec",
-        "start-stop-daemon", "run-parts", "catchsegv", "prlimit", "numactl", "faketime",
-        "fakeroot", "firejail", "bwrap", "proot", "expect", "rlwrap",
+        "env",
+        "xargs",
+        "busybox",
+        "toybox",
+        "nice",
+        "ionice",
+        "renice",
+        "timeout",
+        "nohup",
+        "setsid",
+        "stdbuf",
+        "time",
+        "chroot",
+        "chrt",
+        "taskset",
+        "unshare",
+        "nsenter",
+        "flock",
+        "watch",
+        "script",
+        "strace",
+        "ltrace",
+        "gdb",
+        "parallel",
+        "setpriv",
+        "capsh",
+        "systemd-run",
+        "runuser",
+        "sg",
+        "newgrp",
+        "find",
+        "sudo",
+        "su",
+        "doas",
+        "pkexec",
+        "start-stop-daemon",
+        "run-parts",
+        "catchsegv",
+        "prlimit",
+        "numactl",
+        "faketime",
+        "fakeroot",
+        "firejail",
+        "bwrap",
+        "proot",
+        "expect",
+        "rlwrap",
     }
 )
 """Programs whose job is to run another program: refused unless explicitly allowed."""
 
 SHELLS = frozenset(
-    {"sh", "bash", "dash", "ash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "csh", "tcsh",
-     "fish", "yash", "rbash", "posh", "elvish", "nu", "xonsh"}
+    {
+        "sh",
+        "bash",
+        "dash",
+        "ash",
+        "zsh",
+        "ksh",
+        "ksh93",
+        "mksh",
+        "pdksh",
+        "csh",
+        "tcsh",
+        "fish",
+        "yash",
+        "rbash",
+        "posh",
+        "elvish",
+        "nu",
+        "xonsh",
+    }
 )
 """Shells: refused unless the config sets ``shell: true`` (or allows one explicitly)."""
 
@@ -257,9 +316,7 @@ class _Policy:
         self.restricted = bool(config.allowed_commands)
 
     @staticmethod
-    def _add(
-        path: str, flag: int, ids: dict[tuple[int, int], int], paths: dict[str, int]
-    ) -> None:
+    def _add(path: str, flag: int, ids: dict[tuple[int, int], int], paths: dict[str, int]) -> None:
         try:
             st = os.stat(path)
         except OSError:
@@ -680,7 +737,9 @@ def _supervise(
         now = time.monotonic()
         wait_until = deadline
         if leftover_deadline is not None:
-            wait_until = leftover_deadline if wait_until is None else min(wait_until, leftover_deadline)
+            wait_until = (
+                leftover_deadline if wait_until is None else min(wait_until, leftover_deadline)
+            )
         if pidfd < 0 and not exited:  # no pidfd: look at the process now and then
             wait_until = now + 0.05 if wait_until is None else min(wait_until, now + 0.05)
         if wait_until is not None and now >= wait_until:
@@ -692,7 +751,7 @@ def _supervise(
             continue
         timeout_ms = None if wait_until is None else max(1, int((wait_until - now) * 1000) + 1)
         for fd, _ev in poller.poll(timeout_ms):
-            if fd == out_r or fd == err_r:
+            if fd in (out_r, err_r):
                 data = os.read(fd, _CHUNK)
                 if data:
                     captures[fd].add(data)

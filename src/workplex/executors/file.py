@@ -105,8 +105,12 @@ class FileConfig(ExecutorConfig):
         description="Directory every path is under (relative: to the working directory). "
         "Created when first needed.",
     )
-    max_read_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Largest file `read` returns.")
-    max_write_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Largest `content` accepted.")
+    max_read_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Largest file `read` returns."
+    )
+    max_write_bytes: int = Field(
+        default=10 * 1024 * 1024, gt=0, description="Largest `content` accepted."
+    )
     read_only: bool = Field(default=False, description="Refuse write, append and delete.")
 
 
@@ -154,9 +158,12 @@ class File(Executor):
         self._root = None
 
     async def health_check(self) -> bool:
+        return self._root_usable()
+
+    def _root_usable(self) -> bool:
         root = Path(self.config.root).expanduser()
         target = root if root.exists() else root.parent
-        return os.access(target, os.W_OK if not self.config.read_only else os.R_OK)
+        return os.access(target, os.R_OK if self.config.read_only else os.W_OK)
 
     async def execute(self, input: FileInput, ctx: Context) -> FileOutput:
         # Disk I/O blocks: run it on a thread so the event loop keeps going.
@@ -196,7 +203,9 @@ class File(Executor):
                     nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
-                        raise PermanentError(f"path {raw!r}: directory {part!r} does not exist") from None
+                        raise PermanentError(
+                            f"path {raw!r}: directory {part!r} does not exist"
+                        ) from None
                     try:
                         os.mkdir(part, 0o777, dir_fd=fd)
                     except FileExistsError:
@@ -281,7 +290,9 @@ class File(Executor):
             with os.scandir(fd) as it:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
-                    entries.append(FileEntry(name=entry.name, type=_kind(st.st_mode), size=st.st_size))
+                    entries.append(
+                        FileEntry(name=entry.name, type=_kind(st.st_mode), size=st.st_size)
+                    )
         finally:
             os.close(fd)
         entries.sort(key=lambda e: e.name)
@@ -316,7 +327,9 @@ class File(Executor):
                     f"path {raw!r} is not valid {encoding} text (at byte {exc.start}); "
                     "read it with encoding 'base64'"
                 ) from exc
-        return FileOutput(operation="read", path=rel, content=text, encoding=encoding, size=len(data))
+        return FileOutput(
+            operation="read", path=rel, content=text, encoding=encoding, size=len(data)
+        )
 
     def _write(
         self, raw: str, rel: str, dir_fd: int, name: str, input: FileInput, append: bool
@@ -331,7 +344,9 @@ class File(Executor):
             try:
                 data = input.content.encode(input.encoding)
             except UnicodeEncodeError as exc:
-                raise PermanentError(f"content: cannot be encoded as {input.encoding}: {exc}") from exc
+                raise PermanentError(
+                    f"content: cannot be encoded as {input.encoding}: {exc}"
+                ) from exc
         if len(data) > self.config.max_write_bytes:
             raise PermanentError(
                 f"content: {len(data)} bytes, above max_write_bytes ({self.config.max_write_bytes})"

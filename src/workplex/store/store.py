@@ -480,7 +480,13 @@ class Store:
             tasks, self._tasks = self._tasks, []
             events, self._events = self._events, []
             try:
-                rows = [self._task_row(*item) for item in tasks]
+                # A task that paused the run (RunPaused) has not finished: it runs again on
+                # resume, so it must not be recorded as a final result.
+                rows = [
+                    self._task_row(*item)
+                    for item in tasks
+                    if item[5].error is None or item[5].error.type != "RunPaused"
+                ]
                 async with self._begin_write() as conn:
                     if self.dialect == "sqlite":
                         # Straight to aiosqlite, inside the transaction begun above: SQLAlchemy's

@@ -103,7 +103,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "--no-build-isolation", "--no-index", "--disable-pip-version-check",
             "--target", str(target), str(src),
         ]  # fmt: skip
-        procs[key] = (target, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs[key] = (
+            target,
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+        )
     targets = {}
     failures = []
     for key, (target, proc) in procs.items():
@@ -147,7 +150,9 @@ def test_example_plugin_executes_through_the_cli(installed: dict[str, Path]) -> 
     assert "text" in proc.stderr
 
 
-def test_plugin_is_absent_without_its_distribution(installed: dict[str, Path], tmp_path: Path) -> None:
+def test_plugin_is_absent_without_its_distribution(
+    installed: dict[str, Path], tmp_path: Path
+) -> None:
     proc = workplex(tmp_path, "exec", "upper", "--input", '{"text": "x"}')
     assert proc.returncode == 2
     assert "unknown executor 'upper'" in proc.stderr

@@ -19,9 +19,7 @@ WORK_DIR = Path(__file__).parent / "work"
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for ``workplex`` subprocesses: the work module importable, no user files."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(WORK_DIR), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(WORK_DIR), env.get("PYTHONPATH", "")) if p)
     env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
     env.pop("WORKPLEX_STORE", None)
     env.pop("WORKPLEX_CONFIG", None)
@@ -63,8 +61,14 @@ async def run_cli(
 ) -> tuple[int, str, str]:
     """Run ``python -m workplex.cli ARGS`` to completion: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workplex.cli", *args,
-        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "workplex.cli",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)

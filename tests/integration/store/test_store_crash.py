@@ -67,9 +67,19 @@ async def one_trial(
     file.write_text(PIPELINE.format(name=name, lines=lines))
     inputs = tmp_path / "inputs.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workplex.cli", "run", str(file),
-        "--inputs-file", str(inputs), "--store", url, "--json",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "workplex.cli",
+        "run",
+        str(file),
+        "--inputs-file",
+        str(inputs),
+        "--store",
+        url,
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         run_id = await wait_for_run(store, name, proc)

@@ -47,8 +47,15 @@ def run(*args: str) -> tuple[int, dict[str, Any] | None, str]:
 
 def test_run_json_with_inputs_parsed_as_json(tmp_path: Path) -> None:
     code, data, _ = run(
-        str(pipeline_file(tmp_path)), "--input", "count=3", "--input", 'tags=["a", "b"]',
-        "--input", "who=plain text", "--json", "--no-store",
+        str(pipeline_file(tmp_path)),
+        "--input",
+        "count=3",
+        "--input",
+        'tags=["a", "b"]',
+        "--input",
+        "who=plain text",
+        "--json",
+        "--no-store",
     )
     assert code == 0
     assert data is not None
@@ -63,8 +70,13 @@ def test_run_inputs_file_with_input_overriding_it(tmp_path: Path) -> None:
     inputs = tmp_path / "inputs.yaml"
     inputs.write_text("count: 5\nwho: file\n")
     code, data, _ = run(
-        str(pipeline_file(tmp_path)), "--inputs-file", str(inputs), "--input", "who=flag",
-        "--json", "--no-store",
+        str(pipeline_file(tmp_path)),
+        "--inputs-file",
+        str(inputs),
+        "--input",
+        "who=flag",
+        "--json",
+        "--no-store",
     )
     assert code == 0 and data is not None
     assert data["stages"]["show"]["output"] == {"count": 5, "tags": [], "who": "flag"}
@@ -87,7 +99,9 @@ def test_run_bad_inputs_exit_2(tmp_path: Path, args: list[str], message: str) ->
 
 
 def test_run_bad_file_exits_2(tmp_path: Path) -> None:
-    path = pipeline_file(tmp_path, "name: x\nstages:\n  - name: a\n    executor: echo\n    bogus: 1\n")
+    path = pipeline_file(
+        tmp_path, "name: x\nstages:\n  - name: a\n    executor: echo\n    bogus: 1\n"
+    )
     code, _, err = run(str(path), "--no-store")
     assert code == 2
     assert f"{path}:5: stage 'a': field 'bogus': unknown key" in err
@@ -107,7 +121,9 @@ def test_run_unknown_executor_exits_2(tmp_path: Path) -> None:
 
 
 def test_a_failed_run_exits_1_with_the_error_in_the_json(tmp_path: Path) -> None:
-    path = pipeline_file(tmp_path, """
+    path = pipeline_file(
+        tmp_path,
+        """
         name: x
         stages:
           - name: a
@@ -115,7 +131,8 @@ def test_a_failed_run_exits_1_with_the_error_in_the_json(tmp_path: Path) -> None
             input: {function: "os:no_such_function"}
           - name: b
             executor: echo
-        """)
+        """,
+    )
     code, data, _ = run(str(path), "--json", "--no-store")
     assert code == 1
     assert data is not None
@@ -160,7 +177,9 @@ def test_run_records_the_run_in_the_given_store(tmp_path: Path) -> None:
     assert run_row.stages["show"].output == {"count": 2, "tags": [], "who": "world"}
 
 
-def test_run_with_no_store_writes_no_store_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_with_no_store_writes_no_store_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     code, _, _ = run(str(pipeline_file(tmp_path)), "--input", "count=1", "--json", "--no-store")

@@ -128,7 +128,9 @@ async def test_continue_on_error_lets_the_run_go_on(engine: Engine, load: LoadPi
     assert result.stages["next"].status == "succeeded"
 
 
-async def test_continue_on_error_in_a_scatter_runs_every_item(engine: Engine, load: LoadPipeline) -> None:
+async def test_continue_on_error_in_a_scatter_runs_every_item(
+    engine: Engine, load: LoadPipeline
+) -> None:
     p = load("""
         name: keep-going
         stages:
@@ -157,7 +159,9 @@ NONZERO = """
 """
 
 
-async def test_a_nonzero_exit_fails_the_stage_by_default(engine: Engine, load: LoadPipeline) -> None:
+async def test_a_nonzero_exit_fails_the_stage_by_default(
+    engine: Engine, load: LoadPipeline
+) -> None:
     result = await engine.run(load(NONZERO % (sys.executable, "")))
     assert result.status == "failed"
     assert "exit code 3" in (result.stages["exit3"].error or "")
@@ -223,7 +227,7 @@ async def test_a_failing_stage_stops_running_commands_of_a_parallel_stage(
     assert len(pids) == 6  # three children, three grandchildren
     # The engine returned after the kill; give the kernel a moment to finish tearing down.
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     assert [pid for pid in pids if _alive(pid)] == []
 
@@ -300,7 +304,10 @@ async def test_a_pipeline_built_in_python_gives_the_same_result_as_its_yaml(
                 mode="scatter",
                 executor="python",
                 scatter=ScatterSpec(input="$.trigger.words", as_="w"),
-                input={"function": f"{FUNCS}:label", "kwargs": {"word": "$.w", "run": "$.run.pipeline"}},
+                input={
+                    "function": f"{FUNCS}:label",
+                    "kwargs": {"word": "$.w", "run": "$.run.pipeline"},
+                },
             ),
             Stage(
                 name="all",
@@ -317,8 +324,12 @@ async def test_a_pipeline_built_in_python_gives_the_same_result_as_its_yaml(
     a = (await engine.run(built)).to_dict()
     b = (await engine.run(from_yaml)).to_dict()
     assert a["status"] == b["status"] == "succeeded"
-    assert a["stages"]["all"]["output"] == b["stages"]["all"]["output"] == [{"words": ["b", "a", "c"]}]
-    assert {n: s["output"] for n, s in a["stages"].items()} == {n: s["output"] for n, s in b["stages"].items()}
+    assert (
+        a["stages"]["all"]["output"] == b["stages"]["all"]["output"] == [{"words": ["b", "a", "c"]}]
+    )
+    assert {n: s["output"] for n, s in a["stages"].items()} == {
+        n: s["output"] for n, s in b["stages"].items()
+    }
 
 
 async def test_run_result_json_shape(engine: Engine, load: LoadPipeline) -> None:

@@ -25,7 +25,10 @@ CASES = {
             executor: echo
             needs: [nope]
         """,
-        8, "b", "needs", "unknown stage 'nope'",
+        8,
+        "b",
+        "needs",
+        "unknown stage 'nope'",
     ),
     "reference to a later stage": (
         """
@@ -37,7 +40,10 @@ CASES = {
           - name: b
             executor: echo
         """,
-        6, "a", "input.v", "refers to stage 'b', which runs later; add it to this stage's `needs`",
+        6,
+        "a",
+        "input.v",
+        "refers to stage 'b', which runs later; add it to this stage's `needs`",
     ),
     "reference to a parallel stage without needs": (
         """
@@ -53,7 +59,10 @@ CASES = {
             executor: echo
             input: {v: $.b.x}
         """,
-        12, "c", "input.v", "refers to stage 'b', which runs in parallel",
+        12,
+        "c",
+        "input.v",
+        "refers to stage 'b', which runs in parallel",
     ),
     "reference to an unknown stage": (
         """
@@ -64,7 +73,10 @@ CASES = {
             input:
               nested: {deep: [1, $.ghost.x]}
         """,
-        7, "a", "input.nested.deep[1]", "refers to unknown stage 'ghost'",
+        7,
+        "a",
+        "input.nested.deep[1]",
+        "refers to unknown stage 'ghost'",
     ),
     "bad expression syntax": (
         """
@@ -75,7 +87,10 @@ CASES = {
             input:
               v: "$.x[?(@"
         """,
-        7, "a", "input.v", "bad expression '$.x[?(@'",
+        7,
+        "a",
+        "input.v",
+        "bad expression '$.x[?(@'",
     ),
     "bad expression in if": (
         """
@@ -85,7 +100,10 @@ CASES = {
             executor: echo
             if: "$.trigger[?(@"
         """,
-        6, "a", "if", "bad expression",
+        6,
+        "a",
+        "if",
+        "bad expression",
     ),
     "cycle in needs": (
         """
@@ -101,7 +119,10 @@ CASES = {
             executor: echo
             needs: [b]
         """,
-        6, "a", "needs", "cycle in needs: a -> c -> b -> a",
+        6,
+        "a",
+        "needs",
+        "cycle in needs: a -> c -> b -> a",
     ),
     "unknown executor": (
         """
@@ -110,7 +131,10 @@ CASES = {
           - name: a
             executor: no-such-executor
         """,
-        5, "a", "executor", "unknown executor 'no-such-executor'",
+        5,
+        "a",
+        "executor",
+        "unknown executor 'no-such-executor'",
     ),
     "unknown executor in a broadcast": (
         """
@@ -120,7 +144,10 @@ CASES = {
             mode: broadcast
             config: {executors: [echo, nope]}
         """,
-        4, "a", "executor", "unknown executor 'nope'",
+        4,
+        "a",
+        "executor",
+        "unknown executor 'nope'",
     ),
     "unknown pattern": (
         """
@@ -130,7 +157,10 @@ CASES = {
             mode: scater
             executor: echo
         """,
-        5, "a", "mode", "unknown pattern 'scater'; installed: broadcast, fork_join, gather, scatter, single",
+        5,
+        "a",
+        "mode",
+        "unknown pattern 'scater'; installed: broadcast, fork_join, gather, scatter, single",
     ),
     "unknown key in a stage": (
         """
@@ -140,7 +170,10 @@ CASES = {
             executor: echo
             imput: {x: 1}
         """,
-        6, "a", "imput", "unknown key",
+        6,
+        "a",
+        "imput",
+        "unknown key",
     ),
     "unknown key in a pattern config": (
         """
@@ -153,7 +186,10 @@ CASES = {
             config:
               max_paralel: 3
         """,
-        9, "a", "config.max_paralel", "unknown key (pattern 'scatter')",
+        9,
+        "a",
+        "config.max_paralel",
+        "unknown key (pattern 'scatter')",
     ),
     "wrong type in a pattern config": (
         """
@@ -166,7 +202,10 @@ CASES = {
             config:
               max_parallel: many
         """,
-        9, "a", "config.max_parallel", "valid integer",
+        9,
+        "a",
+        "config.max_parallel",
+        "valid integer",
     ),
     "python input without function": (
         """
@@ -177,7 +216,10 @@ CASES = {
             input:
               args: [1]
         """,
-        6, "a", "input.function", "Field required (executor 'python')",
+        6,
+        "a",
+        "input.function",
+        "Field required (executor 'python')",
     ),
     "command input of the wrong type": (
         """
@@ -189,7 +231,10 @@ CASES = {
               command: echo
               args: not-a-list
         """,
-        8, "a", "input.args", "valid list (executor 'command')",
+        8,
+        "a",
+        "input.args",
+        "valid list (executor 'command')",
     ),
     "gather of an unknown stage": (
         """
@@ -201,7 +246,10 @@ CASES = {
             mode: gather
             gather: {stage: ghost}
         """,
-        8, "g", "gather.stage", "unknown stage 'ghost'",
+        8,
+        "g",
+        "gather.stage",
+        "unknown stage 'ghost'",
     ),
     "scatter without its section": (
         """
@@ -211,7 +259,10 @@ CASES = {
             mode: scatter
             executor: echo
         """,
-        5, "a", "", "mode scatter needs a `scatter: {input: $.path.to.list, as: item}` section",
+        5,
+        "a",
+        "",
+        "mode scatter needs a `scatter: {input: $.path.to.list, as: item}` section",
     ),
     "duplicate stage names": (
         """
@@ -222,7 +273,10 @@ CASES = {
           - name: a
             executor: echo
         """,
-        6, "a", "name", "stage name 'a' is used twice (first at line 4)",
+        6,
+        "a",
+        "name",
+        "stage name 'a' is used twice (first at line 4)",
     ),
     "reserved stage name": (
         """
@@ -231,13 +285,18 @@ CASES = {
           - name: trigger
             executor: echo
         """,
-        4, "trigger", "name", "reserved for expressions",
+        4,
+        "trigger",
+        "name",
+        "reserved for expressions",
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_load_error_names_file_line_stage_and_field(engine: Engine, write: Write, case: str) -> None:
+def test_load_error_names_file_line_stage_and_field(
+    engine: Engine, write: Write, case: str
+) -> None:
     text, line, stage, field, message = CASES[case]
     path = write(text)
     with pytest.raises(PipelineError) as info:
@@ -312,7 +371,8 @@ def test_validate_command_lists_all_problems_and_exits_2(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WORKPLEX_CONFIG", raising=False)
     good = write("name: good\nstages:\n  - {name: a, executor: echo}\n", "good.yaml")
-    bad = write("""
+    bad = write(
+        """
         name: bad
         stages:
           - name: a
@@ -321,7 +381,9 @@ def test_validate_command_lists_all_problems_and_exits_2(
             executor: echo
             needs: [zzz]
             input: {v: $.a.x}
-        """, "bad.yaml")
+        """,
+        "bad.yaml",
+    )
     result = CliRunner().invoke(app, ["validate", str(good), str(bad)])
     assert result.exit_code == 2
     assert f"ok: {good} (pipeline 'good', 1 stages)" in result.stdout
@@ -331,7 +393,9 @@ def test_validate_command_lists_all_problems_and_exits_2(
     assert any("unknown executor 'echoo'" in line for line in errors)
     assert any("unknown stage 'zzz'" in line for line in errors)
     # `needs: [zzz]` replaces the default dependency on `a`, so `$.a` is a parallel stage.
-    assert any(":9: stage 'b': field 'input.v'" in line and "in parallel" in line for line in errors)
+    assert any(
+        ":9: stage 'b': field 'input.v'" in line and "in parallel" in line for line in errors
+    )
 
     ok = CliRunner().invoke(app, ["validate", str(good)])
     assert ok.exit_code == 0

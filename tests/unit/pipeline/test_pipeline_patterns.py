@@ -17,7 +17,9 @@ from .conftest import LoadPipeline
 # ---- single ----------------------------------------------------------------------------------
 
 
-async def test_single_stage_output_is_the_executor_output(engine: Engine, load: LoadPipeline) -> None:
+async def test_single_stage_output_is_the_executor_output(
+    engine: Engine, load: LoadPipeline
+) -> None:
     p = load("""
         name: one
         stages:
@@ -179,12 +181,16 @@ async def test_scatter_over_a_literal_list(engine: Engine, load: LoadPipeline) -
         """)
     result = await engine.run(p)
     assert result.stages["each"].output == [
-        {"letter": "x", "fixed": 1}, {"letter": "y", "fixed": 1}, {"letter": "z", "fixed": 1}
+        {"letter": "x", "fixed": 1},
+        {"letter": "y", "fixed": 1},
+        {"letter": "z", "fixed": 1},
     ]
     assert result.stages["each"].total == 3
 
 
-async def test_scatter_over_a_dict_gives_key_value_pairs(engine: Engine, load: LoadPipeline) -> None:
+async def test_scatter_over_a_dict_gives_key_value_pairs(
+    engine: Engine, load: LoadPipeline
+) -> None:
     p = load("""
         name: dict
         inputs: {hosts: {type: object}}
@@ -196,7 +202,10 @@ async def test_scatter_over_a_dict_gives_key_value_pairs(engine: Engine, load: L
             input: {name: "$.host[0]", port: "$.host[1]"}
         """)
     result = await engine.run(p, {"hosts": {"web": 80, "db": 5432}})
-    assert result.stages["each"].output == [{"name": "web", "port": 80}, {"name": "db", "port": 5432}]
+    assert result.stages["each"].output == [
+        {"name": "web", "port": 80},
+        {"name": "db", "port": 5432},
+    ]
 
 
 async def test_scatter_over_something_that_is_not_a_list_fails_the_stage(
@@ -255,7 +264,9 @@ async def test_gather_group_by_without_executor_outputs_groups_in_first_seen_ord
 
 
 async def test_gather_group_by_runs_one_task_per_group(engine: Engine, load: LoadPipeline) -> None:
-    p = load(GROUPS % "executor: echo\n        input: {kind: $.group.key, ids: '$.group.items[*].id'}")
+    p = load(
+        GROUPS % "executor: echo\n        input: {kind: $.group.key, ids: '$.group.items[*].id'}"
+    )
     result = await engine.run(p, {"docs": DOCS})
     assert result.stages["by-kind"].total == 3
     assert result.stages["by-kind"].output == [
@@ -324,7 +335,9 @@ MIN_RESULTS = """
 """
 
 
-async def test_gather_min_results_is_met_with_exactly_that_many(engine: Engine, load: LoadPipeline) -> None:
+async def test_gather_min_results_is_met_with_exactly_that_many(
+    engine: Engine, load: LoadPipeline
+) -> None:
     result = await engine.run(load(MIN_RESULTS), {"items": [1, 2, 3]})
     assert result.status == "succeeded"
     assert len(result.stages["all"].output["items"]) == 3
@@ -433,7 +446,9 @@ async def test_gather_timeout_with_too_few_arrivals_fails_naming_the_timeout(
 # ---- broadcast -------------------------------------------------------------------------------
 
 
-async def test_broadcast_sends_the_same_input_to_each_executor(engine: Engine, load: LoadPipeline) -> None:
+async def test_broadcast_sends_the_same_input_to_each_executor(
+    engine: Engine, load: LoadPipeline
+) -> None:
     p = load("""
         name: bc
         stages:
@@ -521,7 +536,9 @@ async def test_fork_join_output_is_keyed_by_branch_and_branches_overlap(
         """)
     result = await engine.run(p, {"v": 9})
     assert result.stages["both"].output == {
-        "left": {"name": "left"}, "right": {"name": "right"}, "middle": {"name": "middle"},
+        "left": {"name": "left"},
+        "right": {"name": "right"},
+        "middle": {"name": "middle"},
         "plain": {"v": 9},
     }
     # Every branch started before any other ended: they ran at the same time.

@@ -32,7 +32,10 @@ def errors(schema: dict[str, Any], doc: Any) -> list[str]:
 
 def test_there_are_examples() -> None:
     assert {p.name for p in EXAMPLES} >= {
-        "quickstart.yaml", "document-processing.yaml", "broadcast.yaml", "fork-join.yaml",
+        "quickstart.yaml",
+        "document-processing.yaml",
+        "broadcast.yaml",
+        "fork-join.yaml",
         "conditional.yaml",
     }
 
@@ -60,13 +63,23 @@ def test_the_schema_accepts_a_minimal_pipeline(schema: dict[str, Any]) -> None:
         (with_stage(name="a", executor="nope"), "nope"),
         (with_stage(name="a", executor="echo", mode="scatterx"), "scatterx"),
         (
-            with_stage(name="a", mode="scatter", executor="echo", scatter={"input": [1]},
-                       config={"max_parallel": "lots"}),
+            with_stage(
+                name="a",
+                mode="scatter",
+                executor="echo",
+                scatter={"input": [1]},
+                config={"max_parallel": "lots"},
+            ),
             "lots",
         ),
         (
-            with_stage(name="a", mode="scatter", executor="echo", scatter={"input": [1]},
-                       config={"max_paralel": 3}),
+            with_stage(
+                name="a",
+                mode="scatter",
+                executor="echo",
+                scatter={"input": [1]},
+                config={"max_paralel": 3},
+            ),
             "max_paralel",
         ),
         (with_stage(name="a", executor="python", input={"args": [1]}), "function"),
@@ -74,8 +87,13 @@ def test_the_schema_accepts_a_minimal_pipeline(schema: dict[str, Any]) -> None:
         ({"stages": BASE["stages"]}, "name"),
     ],
     ids=[
-        "unknown stage key", "unknown executor", "unknown pattern", "max_parallel type",
-        "unknown config key", "python without function", "command without command",
+        "unknown stage key",
+        "unknown executor",
+        "unknown pattern",
+        "max_parallel type",
+        "unknown config key",
+        "python without function",
+        "command without command",
         "pipeline without name",
     ],
 )
@@ -89,7 +107,10 @@ def test_the_schema_rejects_a_broken_pipeline(
 
 def test_the_schema_accepts_expressions_where_values_are_expected(schema: dict[str, Any]) -> None:
     doc = with_stage(
-        name="a", mode="scatter", executor="command", scatter={"input": "$.trigger.x", "as": "x"},
+        name="a",
+        mode="scatter",
+        executor="command",
+        scatter={"input": "$.trigger.x", "as": "x"},
         input={"command": "echo", "args": "$.x.args", "timeout": "$.trigger.t"},
         config={"max_parallel": 2},
     )
