@@ -243,7 +243,6 @@ class StageRun:
         stage = self.result
         stage.total += total
         store = self._state.engine.store
-        state = self._state
         run_id = self.run_id
         name = self.stage.name
         succeeded = self.succeeded

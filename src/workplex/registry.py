@@ -451,7 +451,7 @@ async def run_call(executor: Executor, call: Call, model: Any, ctx: Context, tas
 class Prepared:
     """Everything needed to run tasks of one executor, looked up once per batch of tasks."""
 
-    __slots__ = ("call", "config", "executor", "name", "validate", "_entry", "_registry")
+    __slots__ = ("_entry", "_registry", "call", "config", "executor", "name", "validate")
 
     def __init__(self, registry: Registry, entry: _Entry, call: Call) -> None:
         self._registry = registry

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 DOCTEST_MODULES = [
     "workplex.config",
+    "workplex.durations",
     "workplex.registry",
     "workplex.engine",
     "workplex.pipeline.expressions",

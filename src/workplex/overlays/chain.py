@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, RootModel
+from pydantic import BaseModel, ConfigDict, RootModel
 from pydantic import ValidationError as PydanticValidationError
 
+from workplex.durations import Duration, parse_duration
 from workplex.errors import ConfigError
 from workplex.executor import Context
 from workplex.registry import Call, PluginError
@@ -65,30 +66,6 @@ ATTEMPT_POSITION = "timeout"
 
 GLOBAL_KEY = "*"
 """``overlays: {"*": {...}}`` in the config file applies to every executor."""
-
-
-# ---- durations ---------------------------------------------------------------------------
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number (seconds) or a string such as ``500ms``, ``1s``, ``2m``, ``1h``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration must be a number of seconds or a string like '500ms'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    raise ValueError(f"invalid duration {value!r}: use seconds or a string like 500ms, 1s, 2m, 1h")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""A Pydantic field type: seconds, given as a number or as ``500ms`` / ``1s`` / ``2m`` / ``1h``."""
 
 
 # ---- clock -------------------------------------------------------------------------------

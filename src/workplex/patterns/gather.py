@@ -12,11 +12,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from workplex.durations import parse_duration
 from workplex.engine import StageRun
 from workplex.errors import PipelineError
 from workplex.patterns import Pattern, PatternConfig
 from workplex.pipeline.expressions import compile_expr
-from workplex.pipeline.model import OptionalDuration, Stage, parse_duration
+from workplex.pipeline.model import OptionalDuration, Stage
 
 
 class GatherConfig(PatternConfig):

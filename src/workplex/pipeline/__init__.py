@@ -1,5 +1,6 @@
 """Pipelines: the model (stages), the YAML loader, expressions, and the compiled plan."""
 
+from workplex.durations import parse_duration
 from workplex.pipeline.loader import read_pipeline
 from workplex.pipeline.model import (
     GatherSpec,
@@ -7,7 +8,6 @@ from workplex.pipeline.model import (
     Pipeline,
     ScatterSpec,
     Stage,
-    parse_duration,
 )
 
 __all__ = [

@@ -26,25 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+from workplex.durations import parse_duration
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 RESERVED_ROOTS = frozenset({"trigger", "env", "secrets", "group", "run"})
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like ``500ms``, ``30s``, ``2m``, ``1h``, ``7d``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration must be a number of seconds or a string like '30s'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 30s, 2m, 1h)")
 
 
 OptionalDuration = Annotated[

@@ -103,19 +103,6 @@ async def test_a_paused_run_exits_then_approve_and_resume_continue_it(
     assert "approval.requested" in out and "looks good" in out
 
 
-async def test_approve_with_resume_does_both(
-    gated: Path, url: str, cli_env: dict[str, str]
-) -> None:
-    code, _, err = await run_cli("run", str(gated), "--store", url, "--json", env=cli_env)
-    assert code == 0, err
-    run_id = await newest_run(url, "gated")
-    code, out, err = await run_cli(
-        "approve", run_id, "gate", "--resume", "--json", "--store", url, env=cli_env
-    )
-    assert code == 0, err
-    assert json.loads(out)["status"] == "succeeded"
-
-
 async def test_reject_fails_the_run_with_the_comment(
     gated: Path, url: str, cli_env: dict[str, str]
 ) -> None:
@@ -143,24 +130,38 @@ async def test_reject_fails_the_run_with_the_comment(
     assert "not this week" in json.loads(out)["error"]
 
 
-async def test_reject_with_resume(gated: Path, url: str, cli_env: dict[str, str]) -> None:
-    await run_cli("run", str(gated), "--store", url, "--json", env=cli_env)
-    run_id = await newest_run(url, "gated")
-    code, out, _ = await run_cli(
-        "approve",
-        run_id,
-        "gate",
-        "--reject",
-        "-m",
-        "nope",
-        "--resume",
-        "--json",
-        "--store",
-        url,
-        env=cli_env,
+async def test_approve_or_reject_with_resume(
+    tmp_path: Path, url: str, cli_env: dict[str, str]
+) -> None:
+    for name in ("yes", "no"):
+        (tmp_path / f"{name}.yaml").write_text(GATED.replace("name: gated", f"name: {name}"))
+    await asyncio.gather(
+        *(
+            run_cli("run", str(tmp_path / f"{n}.yaml"), "--store", url, "--json", env=cli_env)
+            for n in ("yes", "no")
+        )
     )
-    assert code == 1
-    result = json.loads(out)
+    yes, no = await newest_run(url, "yes"), await newest_run(url, "no")
+    (code_yes, out_yes, err_yes), (code_no, out_no, _) = await asyncio.gather(
+        run_cli("approve", yes, "gate", "--resume", "--json", "--store", url, env=cli_env),
+        run_cli(
+            "approve",
+            no,
+            "gate",
+            "--reject",
+            "-m",
+            "nope",
+            "--resume",
+            "--json",
+            "--store",
+            url,
+            env=cli_env,
+        ),
+    )
+    assert code_yes == 0, err_yes
+    assert json.loads(out_yes)["status"] == "succeeded"
+    assert code_no == 1
+    result = json.loads(out_no)
     assert result["status"] == "failed" and "nope" in result["stages"]["gate"]["error"]
 
 
@@ -275,56 +276,64 @@ async def test_a_workflow_sub_run_is_linked_to_its_parent(
     assert child["parent_run_id"] == result["run_id"] and child["pipeline"] == "child"
 
 
-async def test_runs_cancel_and_gc(gated: Path, url: str, cli_env: dict[str, str]) -> None:
-    for _ in range(2):
-        code, _, err = await run_cli("run", str(gated), "--store", url, "--json", env=cli_env)
-        assert code == 0, err
-    code, out, _ = await run_cli("runs", "--store", url, "--json", env=cli_env)
-    listed = json.loads(out)
-    assert [r["status"] for r in listed] == ["paused", "paused"]
-    assert listed[0]["created"] >= listed[1]["created"]
-    newest, oldest = listed[0]["run_id"], listed[1]["run_id"]
-    code, out, err = await run_cli("cancel", oldest, "--store", url, env=cli_env)
-    assert code == 0, err
-    assert f"run {oldest} cancelled" in out
-    code, out, _ = await run_cli(
-        "runs", "--status", "cancelled", "--store", url, "--json", env=cli_env
+DOC = {"name": "gated", "stages": [{"name": "build"}, {"name": "gate"}, {"name": "deploy"}]}
+
+
+async def make_paused_runs(url: str, *run_ids: str) -> None:
+    store = await Store.open(url)
+    try:
+        for run_id in run_ids:
+            await store.create_run(run_id, "gated", DOC, None, {})
+            await store.stage_update(run_id, "gate", "paused")
+            await store.run_update(run_id, "paused")
+    finally:
+        await store.close()
+
+
+async def test_runs_cancel_and_gc(url: str, cli_env: dict[str, str]) -> None:
+    await make_paused_runs(url, "r-old", "r-new")
+    (code, out, _), (bad, _, bad_err) = await asyncio.gather(
+        run_cli("runs", "--store", url, "--json", env=cli_env),
+        run_cli("gc", "--older-than", "soon", "--store", url, env=cli_env),
     )
-    assert [r["run_id"] for r in json.loads(out)] == [oldest]
-    code, _, err = await run_cli("cancel", oldest, "--store", url, env=cli_env)
-    assert code == 2 and "already cancelled" in err
-    code, out, _ = await run_cli("gc", "--older-than", "1d", "--store", url, env=cli_env)
+    assert code == 0
+    assert [(r["run_id"], r["status"]) for r in json.loads(out)] == [
+        ("r-new", "paused"),
+        ("r-old", "paused"),
+    ]
+    assert bad == 2 and "--older-than" in bad_err
+    code, out, err = await run_cli("cancel", "r-old", "--store", url, env=cli_env)
+    assert code == 0, err
+    assert "run r-old cancelled" in out
+    (code, out, _), (again, _, again_err) = await asyncio.gather(
+        run_cli("gc", "--older-than", "1d", "--store", url, env=cli_env),
+        run_cli("cancel", "r-old", "--store", url, env=cli_env),
+    )
     assert code == 0 and "deleted 0 run(s)" in out
+    assert again == 2 and "already cancelled" in again_err
     code, out, _ = await run_cli("gc", "--older-than", "0s", "--store", url, env=cli_env)
     assert code == 0 and "deleted 1 run(s)" in out
-    code, out, _ = await run_cli("runs", "--store", url, "--json", env=cli_env)
-    assert [r["run_id"] for r in json.loads(out)] == [newest]
-    code, _, err = await run_cli("gc", "--older-than", "soon", "--store", url, env=cli_env)
-    assert code == 2 and "--older-than" in err
+    store = await Store.open(url)
+    try:
+        assert [r.run_id for r in await store.list_runs()] == ["r-new"]
+    finally:
+        await store.close()
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
+async def test_an_unknown_run_id_exits_2(url: str, cli_env: dict[str, str]) -> None:
+    await make_paused_runs(url, "r-1")
+    commands = [
         ["show", "nope"],
         ["logs", "nope"],
         ["cancel", "nope"],
         ["resume", "nope"],
         ["approve", "nope", "gate"],
-    ],
-)
-async def test_an_unknown_run_id_exits_2(
-    args: list[str], url: str, cli_env: dict[str, str]
-) -> None:
-    code, _, err = await run_cli(*args, "--store", url, env=cli_env)
-    assert code == 2
-    assert "no run 'nope'" in err
-
-
-async def test_approve_names_the_stages_of_the_run(
-    gated: Path, url: str, cli_env: dict[str, str]
-) -> None:
-    await run_cli("run", str(gated), "--store", url, "--json", env=cli_env)
-    run_id = await newest_run(url, "gated")
-    code, _, err = await run_cli("approve", run_id, "gaet", "--store", url, env=cli_env)
+    ]
+    outcomes = await asyncio.gather(
+        *(run_cli(*args, "--store", url, env=cli_env) for args in commands)
+    )
+    for args, (code, _, err) in zip(commands, outcomes, strict=True):
+        assert code == 2, args
+        assert "no run 'nope'" in err, args
+    code, _, err = await run_cli("approve", "r-1", "gaet", "--store", url, env=cli_env)
     assert code == 2 and "no stage 'gaet'" in err and "build, gate, deploy" in err
