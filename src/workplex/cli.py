@@ -560,6 +560,9 @@ def worker_(
     ] = 5,
     fetch_batch: Annotated[int, typer.Option("--fetch-batch", help="Tasks per pull request.")] = 256,
     replicas: Annotated[int, typer.Option("--replicas", help="Stream replicas (cluster).")] = 1,
+    storage: Annotated[
+        str, typer.Option("--storage", help="Stream storage when creating: file or memory.")
+    ] = "file",
     nats_creds: NatsCreds = None,
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
@@ -585,7 +588,7 @@ def worker_(
             max_deliver=max_deliver,
             fetch_batch=fetch_batch,
             connect_options=ConnectOptions(nats_creds, tls_ca, tls_cert, tls_key),
-            stream_settings=StreamSettings(replicas=replicas),
+            stream_settings=StreamSettings(replicas=replicas, storage=storage),
         )
     except ConfigError as exc:
         fail(str(exc))

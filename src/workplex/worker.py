@@ -45,6 +45,7 @@ from workplex.backends.nats import (
     durable_name,
     ensure_layout,
     get_blob,
+    loads,
     put_blob,
     task_subject,
 )
@@ -162,19 +163,39 @@ async def _first(*coros: Any) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class _Outgoing:
+    """One finished task waiting to be reported: its result and the message to ack."""
+
+    __slots__ = ("data", "dispatch", "msg", "reply", "success", "term", "tid")
+
+    def __init__(
+        self, reply: str, tid: str, dispatch: str, data: bytes, msg: Any, success: bool, term: bool
+    ) -> None:
+        self.reply = reply
+        self.tid = tid
+        self.dispatch = dispatch
+        self.data = data
+        self.msg = msg
+        self.success = success
+        self.term = term
+
+
 class _ResultSender:
     """Publishes results in batches (one message per results subject carrying many results),
     waits for JetStream's ack, then acks (or terminates) the task messages."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.buffer: list[tuple[str, str, bytes, Any, bool]] = []
+        self.buffer: list[_Outgoing] = []
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
 
-    def add(self, reply: str, tid: str, item: bytes, msg: Any, term: bool = False) -> None:
-        self.buffer.append((reply, tid, item, msg, term))
+    def add(
+        self, reply: str, tid: str, dispatch: str, result: Result, msg: Any, term: bool = False
+    ) -> None:
+        data = dumps(result.to_dict())
+        self.buffer.append(_Outgoing(reply, tid, dispatch, data, msg, result.success, term))
         self.idle.clear()
         self.wake.set()
 
@@ -187,47 +208,48 @@ class _ResultSender:
                 await self.send(batch)
             self.idle.set()
 
-    async def send(self, batch: list[tuple[str, str, bytes, Any, bool]]) -> None:
+    async def send(self, batch: list[_Outgoing]) -> None:
         worker = self.worker
         layout = worker.layout
         limit = layout.max_payload - _HEADROOM
-        groups: dict[str, list[tuple[str, str, bytes, Any, bool]]] = {}
+        groups: dict[str, list[_Outgoing]] = {}
         for entry in batch:
-            groups.setdefault(entry[0], []).append(entry)
-        chunks: list[tuple[str, list[tuple[str, str, bytes, Any, bool]]]] = []
+            groups.setdefault(entry.reply, []).append(entry)
+        chunks: list[tuple[str, list[_Outgoing]]] = []
         for reply, entries in groups.items():
-            chunk: list[tuple[str, str, bytes, Any, bool]] = []
+            chunk: list[_Outgoing] = []
             size = 2
             for entry in entries:
-                if len(entry[2]) > limit:
-                    ref = f"result/{entry[1]}"
-                    await put_blob(layout, ref, entry[2])
-                    small = dumps({"task_id": entry[1], "ref": ref})
-                    entry = (entry[0], entry[1], small, entry[3], entry[4])
-                if chunk and size + len(entry[2]) + 1 > limit:
+                if len(entry.data) > limit:
+                    ref = f"result/{entry.dispatch}"
+                    await put_blob(layout, ref, entry.data)
+                    entry.data = dumps({"task_id": entry.tid, "ref": ref, "success": entry.success})
+                if chunk and size + len(entry.data) + 1 > limit:
                     chunks.append((reply, chunk))
                     chunk, size = [], 2
                 chunk.append(entry)
-                size += len(entry[2]) + 1
+                size += len(entry.data) + 1
             if chunk:
                 chunks.append((reply, chunk))
 
-        async def publish(reply: str, chunk: list[tuple[str, str, bytes, Any, bool]]) -> None:
-            data = b"[" + b",".join(e[2] for e in chunk) + b"]"
-            headers = {MSG_ID: chunk[0][1]} if len(chunk) == 1 else None
+        async def publish(reply: str, chunk: list[_Outgoing]) -> None:
+            data = b"[" + b",".join(e.data for e in chunk) + b"]"
+            # A lone result is deduplicated by its dispatch id (a redelivered task whose
+            # result made it just before a crash); a batch is deduplicated by the controller.
+            headers = {MSG_ID: f"r:{chunk[0].dispatch}"} if len(chunk) == 1 else None
             try:
                 await layout.js.publish(reply, data, headers=headers)
             except Exception:
                 # Not recorded: hand the tasks back so they run again (at-least-once).
                 for e in chunk:
-                    worker.untrack(e[3])
+                    worker.untrack(e.msg)
                     with contextlib.suppress(Exception):
-                        await e[3].nak(delay=worker.nak_delay)
+                        await e.msg.nak(delay=worker.nak_delay)
                 return
             for e in chunk:
-                worker.untrack(e[3])
+                worker.untrack(e.msg)
                 with contextlib.suppress(Exception):
-                    await (e[3].term() if e[4] else e[3].ack())
+                    await (e.msg.term() if e.term else e.msg.ack())
 
         await asyncio.gather(*(publish(r, c) for r, c in chunks))
 
@@ -411,10 +433,11 @@ class Worker:
 
     async def _process(self, msg: Any, sender: _ResultSender) -> None:
         try:
-            task = json.loads(msg.data)
+            task = loads(msg.data)
             tid = str(task["id"])
             type_ = str(task["type"])
             reply = str(task["reply"])
+            dispatch = str(task.get("dispatch") or tid)
         except (ValueError, KeyError, TypeError):
             self.untrack(msg)
             await msg.term()  # not a task at all: nobody to report to
@@ -426,7 +449,7 @@ class Worker:
             deliveries = 1
         meta = {"worker": self.id, "deliveries": deliveries}
         if "payload_ref" in task:
-            payload = json.loads(await get_blob(self.layout, task["payload_ref"]))
+            payload = loads(await get_blob(self.layout, task["payload_ref"]))
         else:
             payload = task.get("payload")
         try:
@@ -435,12 +458,12 @@ class Worker:
         except PydanticValidationError as exc:
             bad = Result.failure(ValidationError.from_pydantic(type_, exc), task_id=tid)
             bad.metadata = meta
-            sender.add(reply, tid, dumps(bad.to_dict()), msg, term=True)
+            sender.add(reply, tid, dispatch, bad, msg, term=True)
             return
         except ValidationError as exc:
             bad = Result.failure(exc, task_id=tid)
             bad.metadata = meta
-            sender.add(reply, tid, dumps(bad.to_dict()), msg, term=True)
+            sender.add(reply, tid, dispatch, bad, msg, term=True)
             return
         if not entry.started:
             try:
@@ -464,7 +487,7 @@ class Worker:
         result = await run_call(entry.executor, call, model, ctx, tid)
         result.metadata = {**result.metadata, **meta} if result.metadata else meta
         self.completed += 1
-        sender.add(reply, tid, dumps(result.to_dict()), msg)
+        sender.add(reply, tid, dispatch, result, msg)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:

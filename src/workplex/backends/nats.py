@@ -39,7 +39,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -392,12 +392,13 @@ async def handle_dead_letter(layout: Layout, advisory: Any) -> None:
         task_id = str(task["id"])
         executor = str(task["type"])
         reply = str(task["reply"])
+        dispatch = str(task.get("dispatch") or task_id)
     except (ValueError, KeyError, TypeError):
         await js.delete_msg(TASKS_STREAM, seq)
         await advisory.ack()
         return
     subject = dead_subject(executor)
-    headers = {MSG_ID: f"dead:{task_id}", "Workplex-Deliveries": str(deliveries)}
+    headers = {MSG_ID: f"dead:{dispatch}", "Workplex-Deliveries": str(deliveries)}
     await js.publish(subject, raw.data or b"", headers=headers)
     result = Result.failure(
         ErrorInfo(
@@ -409,7 +410,7 @@ async def handle_dead_letter(layout: Layout, advisory: Any) -> None:
         task_id=task_id,
         attempts=deliveries,
     )
-    await js.publish(reply, dumps([result.to_dict()]), headers={MSG_ID: f"dead:{task_id}"})
+    await js.publish(reply, dumps([result.to_dict()]), headers={MSG_ID: f"dead:{dispatch}"})
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_msg(TASKS_STREAM, seq)
     await advisory.ack()
@@ -438,19 +439,123 @@ async def dead_letter_loop(layout: Layout, stop: asyncio.Event) -> None:
 
 
 # ---- the backend ---------------------------------------------------------------------------
-@dataclass
-class _Run:
+class _Call:
     """The state of one ``execute`` call."""
 
-    pending: dict[str, int] = field(default_factory=dict)
-    on_result: OnResult | None = None
-    window: asyncio.Semaphore | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    published_all: bool = False
-    seqs: dict[str, int] = field(default_factory=dict)
-    error: BaseException | None = None
-    reported: set[str] = field(default_factory=set)
-    early: dict[str, dict[str, Any]] = field(default_factory=dict)
+    __slots__ = (
+        "acked", "acks", "done", "error", "inflight", "limit", "on_result", "pending",
+        "published_all", "room", "unacked",
+    )
+
+    def __init__(self, on_result: OnResult, limit: int) -> None:
+        self.on_result = on_result
+        self.limit = max(1, limit)
+        self.inflight = 0
+        """Tasks dispatched whose result has not arrived yet (bounded by ``limit``)."""
+        self.pending: dict[str, int] = {}
+        """Task id -> index of every dispatched task still waiting for its result."""
+        self.acks: dict[str, bytes] = {}
+        """Task id -> JetStream's publish ack, parsed only to withdraw the task."""
+        self.unacked = 0
+        self.room = asyncio.Event()
+        self.acked = asyncio.Event()
+        self.done = asyncio.Event()
+        self.published_all = False
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.room.set()
+        self.acked.set()
+        self.done.set()
+
+
+class _Feed:
+    """The results of one (run, stage): one ordered consumer shared by every ``execute``
+    call of that stage, so many small calls (``execute_one``) do not each replay the
+    subject from its start."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.sub: Any = None
+        self.owner: dict[str, _Call] = {}
+        """Task id -> the call waiting for its result."""
+        self.early: dict[str, dict[str, Any]] = {}
+        """Results nobody waited for: finished before a controller crash (or duplicates)."""
+        self.failures: dict[str, int] = {}
+        """Task id -> failed results seen; names a re-dispatch past the duplicate window."""
+        self.target = 0
+        self.caught_up = asyncio.Event()
+        self.ready: asyncio.Future[None] | None = None
+        self.users = 0
+        self.idle_since = 0.0
+
+
+class _Publisher:
+    """Pipelined JetStream publishes: plain publishes with a reply subject under one
+    wildcard inbox, acks matched by token. Cheaper per message than a request (or
+    nats-py's ``publish_async``, which makes a future and a timer per message)."""
+
+    def __init__(self, nc: Any, max_pending: int) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox() + "."
+        self.cut = len(self.prefix)
+        self.max_pending = max_pending
+        self.waiting: dict[str, tuple[_Call, str]] = {}
+        self.room = asyncio.Event()
+        self.counter = 0
+        self.sub: Any = None
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(
+            self.prefix + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+
+    async def _on_ack(self, msg: Any) -> None:
+        entry = self.waiting.pop(msg.subject[self.cut :], None)
+        if len(self.waiting) < self.max_pending:
+            self.room.set()
+        if entry is None:
+            return
+        call, tid = entry
+        call.unacked -= 1
+        data = msg.data
+        if not data or b'"error"' in data:
+            status = (msg.headers or {}).get("Status", "")
+            reason = "no stream (status 503)" if status == "503" else data.decode(errors="replace")
+            call.fail(BackendError(f"JetStream refused task {tid} ({TASKS_STREAM}): {reason}"))
+            return
+        call.acks[tid] = data
+        if call.unacked == 0:
+            call.acked.set()
+
+    async def publish(
+        self, call: _Call, tid: str, subject: str, data: bytes, msg_id: str, timeout: float
+    ) -> None:
+        while len(self.waiting) >= self.max_pending:
+            self.room.clear()
+            try:
+                await asyncio.wait_for(self.room.wait(), timeout)
+            except TimeoutError as exc:
+                raise BackendError(
+                    f"JetStream did not acknowledge {len(self.waiting)} published task(s) "
+                    f"within {timeout:g}s (stream {TASKS_STREAM})"
+                ) from exc
+        self.counter += 1
+        token = str(self.counter)
+        self.waiting[token] = (call, tid)
+        call.unacked += 1
+        call.acked.clear()
+        await self.nc.publish(subject, data, reply=self.prefix + token, headers={MSG_ID: msg_id})
+
+    def forget(self, call: _Call) -> None:
+        """Drop the acks ``call`` still waits for (it ended early)."""
+        if call.unacked:
+            for token in [t for t, (c, _) in self.waiting.items() if c is call]:
+                del self.waiting[token]
+            call.unacked = 0
+            self.room.set()
 
 
 class NatsBackend(Backend):
@@ -458,7 +563,9 @@ class NatsBackend(Backend):
 
     Options: ``creds``, ``tls_ca``, ``tls_cert``, ``tls_key`` (connection), ``replicas``,
     ``storage``, ``task_max_age``, ``result_max_age``, ``duplicate_window``, ``worker_ttl``
-    (see :class:`StreamSettings`), ``ack_timeout`` (seconds to wait for publish acks).
+    (see :class:`StreamSettings`), ``ack_timeout`` (seconds to wait for publish acks),
+    ``max_pending_publishes`` (task publishes awaiting JetStream's ack, per controller),
+    ``feed_linger`` (seconds a stage's results subscription stays open after its last use).
     """
 
     name = "nats"
@@ -480,6 +587,8 @@ class NatsBackend(Backend):
         worker_ttl: float = 15.0,
         ack_timeout: float = 10.0,
         wait_for_workers: float = 0.0,
+        max_pending_publishes: int = 8192,
+        feed_linger: float = 60.0,
         **unknown: Any,
     ) -> None:
         super().__init__(registry)
@@ -503,8 +612,12 @@ class NatsBackend(Backend):
         self._layout: Layout | None = None
         self._workers: list[dict[str, Any]] = []
         self._schemas: dict[str, Validator] = {}
+        self.max_pending_publishes = max(1, max_pending_publishes)
+        self.feed_linger = feed_linger
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._publisher: _Publisher | None = None
+        self._feeds: dict[str, _Feed] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -513,6 +626,8 @@ class NatsBackend(Backend):
         self._nc = await connect(self.url, self.connect_options)
         try:
             self._layout = await ensure_layout(self._nc, self.settings)
+            self._publisher = _Publisher(self._nc, self.max_pending_publishes)
+            await self._publisher.start()
         except BaseException:
             await self._nc.close()
             raise
@@ -522,6 +637,9 @@ class NatsBackend(Backend):
 
     async def close(self) -> None:
         self._stop.set()
+        for feed in list(self._feeds.values()):
+            self._close_feed(feed)
+        self._publisher = None
         for task in list(self._background):
             if not task.done():
                 # The dead-letter loop ends by itself within a second; cleanups finish.
@@ -651,55 +769,45 @@ class NatsBackend(Backend):
         settings: Mapping[str, Any] | None = None,
         batch_size: int = 1,
     ) -> None:
-        nats = _nats()
-        js = self.layout.js
-        reply = results_subject(run_id, stage)
+        subject = results_subject(run_id, stage)
         settings_text = json.dumps(settings, sort_keys=True, default=str) if settings else None
-        run = _Run(on_result=on_result, window=asyncio.Semaphore(max(1, limit)))
-        # Subscribe before publishing, from the start of the subject: results of tasks
-        # finished before a controller crash are seen too.
-        sub = await js.subscribe(
-            reply,
-            stream=RESULTS_STREAM,
-            ordered_consumer=True,
-            cb=self._collector(run),
-            deliver_policy=nats.js.api.DeliverPolicy.ALL,
-        )
-
-        async def publish() -> None:
-            try:
-                await self._publish_all(run, tasks, run_id, stage, reply, settings_text)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                run.error = exc
-            else:
-                run.published_all = True
-                if not run.pending:
-                    run.done.set()
-                return
-            run.done.set()
-
-        publisher = asyncio.ensure_future(publish())
+        call = _Call(on_result, limit)
+        # The stage's results are read (from the start of the subject) before anything is
+        # dispatched: results of tasks finished before a controller crash are reused.
+        feed = await self._acquire_feed(subject)
         try:
-            await run.done.wait()
-            if run.error is not None:
-                raise run.error
+            await self._dispatch(call, feed, tasks, run_id, stage, subject, settings_text)
+            call.published_all = True
+            if call.unacked and call.error is None:
+                try:
+                    await asyncio.wait_for(call.acked.wait(), self.ack_timeout)
+                except TimeoutError as exc:
+                    raise BackendError(
+                        f"JetStream did not acknowledge {call.unacked} published task(s) within "
+                        f"{self.ack_timeout:g}s (stream {TASKS_STREAM})"
+                    ) from exc
+            if call.pending and call.error is None:
+                await call.done.wait()
+            if call.error is not None:
+                raise call.error
         except BaseException:
-            if run.pending and run.seqs:
+            if self._publisher is not None:
+                self._publisher.forget(call)
+            if call.pending:
                 # Withdraw the queued tasks nobody reported yet (best effort, in background).
-                self._spawn(self._withdraw([run.seqs[t] for t in run.pending if t in run.seqs]))
+                seqs = [_ack_seq(call.acks[t]) for t in call.pending if t in call.acks]
+                self._spawn(self._withdraw([s for s in seqs if s]))
             raise
         finally:
-            if not publisher.done():
-                publisher.cancel()
-            await asyncio.gather(publisher, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for tid in call.pending:
+                if feed.owner.get(tid) is call:
+                    del feed.owner[tid]
+            self._release_feed(feed)
 
-    async def _publish_all(
+    async def _dispatch(
         self,
-        run: _Run,
+        call: _Call,
+        feed: _Feed,
         tasks: Iterable[Task],
         run_id: str,
         stage: str,
@@ -707,20 +815,25 @@ class NatsBackend(Backend):
         settings_text: str | None,
     ) -> None:
         layout = self.layout
-        js = layout.js
+        publisher = self._publisher
+        assert publisher is not None
         limit_bytes = layout.max_payload - _HEADROOM
-        window = run.window
-        assert window is not None
-        acks: list[tuple[str, asyncio.Future[Any]]] = []
+        owner = feed.owner
+        early = feed.early
+        failures = feed.failures
+        pending = call.pending
         checks: dict[str, Any] = {}
+        subjects: dict[str, str] = {}
+        timeout = self.ack_timeout
         for index, task in enumerate(tasks):
+            if call.error is not None:
+                return
             tid = task.id
-            await window.acquire()
-            early = run.early.pop(tid, None)
-            if early is not None:
+            old = early.get(tid)
+            if old is not None and old.get("success"):
                 # Finished before a controller crash: report it, do not dispatch again.
-                run.reported.add(tid)
-                await self._report(run, index, tid, early, release=True)
+                del early[tid]
+                await self._report(call, index, tid, old)
                 continue
             check = checks.get(task.type, _UNSET)
             if check is _UNSET:
@@ -730,12 +843,17 @@ class NatsBackend(Backend):
                     check(task.payload)
                 except ValidationError as exc:
                     # Refused before it is queued, like the local backend would.
-                    run.reported.add(tid)
-                    assert run.on_result is not None
-                    run.on_result(index, Result.failure(exc, task_id=tid))
-                    window.release()
+                    call.on_result(index, Result.failure(exc, task_id=tid))
                     continue
-            run.pending[tid] = index
+            while call.inflight >= call.limit:
+                call.room.clear()
+                await call.room.wait()
+                if call.error is not None:
+                    return
+            # A task that failed before is dispatched under a new id, or JetStream would
+            # drop it as a duplicate of the failed attempt.
+            tries = failures.get(tid)
+            msg_id = f"{tid}#{tries}" if tries else tid
             message: dict[str, Any] = {
                 "id": tid,
                 "type": task.type,
@@ -745,85 +863,145 @@ class NatsBackend(Backend):
                 "index": index,
                 "settings": settings_text,
                 "reply": reply,
+                "dispatch": msg_id,
             }
             if task.metadata:
                 message["metadata"] = task.metadata
             data = dumps(message)
             if len(data) > limit_bytes:
-                ref = f"payload/{tid}"
+                ref = f"payload/{msg_id}"
                 await put_blob(layout, ref, dumps(task.payload))
                 del message["payload"]
                 message["payload_ref"] = ref
                 data = dumps(message)
-            fut = await js.publish_async(task_subject(task.type), data, headers={MSG_ID: tid})
-            acks.append((tid, fut))
-            if len(acks) >= 1024:
-                await self._confirm(run, acks)
-                acks = []
-        if acks:
-            await self._confirm(run, acks)
+            subject = subjects.get(task.type)
+            if subject is None:
+                subject = subjects[task.type] = task_subject(task.type)
+            pending[tid] = index
+            owner[tid] = call
+            call.inflight += 1
+            await publisher.publish(call, tid, subject, data, msg_id, timeout)
 
-    async def _confirm(self, run: _Run, acks: list[tuple[str, asyncio.Future[Any]]]) -> None:
-        try:
-            done = await asyncio.wait_for(
-                asyncio.gather(*(f for _, f in acks)), self.ack_timeout
-            )
-        except TimeoutError as exc:
-            raise BackendError(
-                f"JetStream did not acknowledge {len(acks)} published task(s) within "
-                f"{self.ack_timeout:g}s (stream {TASKS_STREAM})"
-            ) from exc
-        except Exception as exc:
-            raise BackendError(
-                f"publishing tasks to {TASKS_STREAM} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        for (tid, _), ack in zip(acks, done, strict=True):
-            run.seqs[tid] = ack.seq
-
-    async def _report(
-        self, run: _Run, index: int, tid: str, item: dict[str, Any], *, release: bool
-    ) -> None:
+    async def _report(self, call: _Call, index: int, tid: str, item: dict[str, Any]) -> None:
         try:
             if "ref" in item:
-                item = json.loads(await get_blob(self.layout, item["ref"]))
+                item = loads(await get_blob(self.layout, item["ref"]))
             result = Result.from_dict(item)
         except Exception as exc:
             result = Result.failure(
                 BackendError(f"cannot read the result of task {tid}: {exc}"), task_id=tid
             )
-        assert run.on_result is not None and run.window is not None
-        run.on_result(index, result)
-        if release:
-            run.window.release()
+        call.on_result(index, result)
 
-    def _collector(self, run: _Run) -> Callable[[Any], Any]:
+    # ---- the shared results feeds --------------------------------------------------------
+    async def _acquire_feed(self, subject: str) -> _Feed:
+        feed = self._feeds.get(subject)
+        if feed is None:
+            feed = self._feeds[subject] = _Feed(subject)
+            feed.ready = asyncio.ensure_future(self._start_feed(feed))
+        feed.users += 1
+        try:
+            assert feed.ready is not None
+            await asyncio.shield(feed.ready)
+            while not feed.caught_up.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(feed.caught_up.wait(), 1.0)
+                    break
+                # The last message may have aged out of the stream meanwhile: ask.
+                info = await feed.sub.consumer_info()
+                if info.num_pending == 0 and feed.sub.pending_msgs == 0:
+                    feed.caught_up.set()
+        except BaseException:
+            self._release_feed(feed)
+            ready = feed.ready
+            broken = ready is not None and ready.done() and not ready.cancelled()
+            if broken and ready and ready.exception() is not None and self._feeds.get(subject) is feed:
+                del self._feeds[subject]  # a later call tries again
+            raise
+        return feed
+
+    async def _start_feed(self, feed: _Feed) -> None:
+        nats = _nats()
+        js = self.layout.js
+        try:
+            last = await js.get_last_msg(RESULTS_STREAM, feed.subject)
+            feed.target = int(last.seq or 0)
+        except nats.js.errors.NotFoundError:
+            feed.target = 0
+        if feed.target == 0:
+            feed.caught_up.set()
+        feed.sub = await js.subscribe(
+            feed.subject,
+            stream=RESULTS_STREAM,
+            ordered_consumer=True,
+            cb=self._feed_callback(feed),
+            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+
+    def _feed_callback(self, feed: _Feed) -> Callable[[Any], Any]:
+        owner = feed.owner
+        early = feed.early
+        failures = feed.failures
+        caught_up = feed.caught_up
+
         async def on_message(msg: Any) -> None:
-            if run.done.is_set():
-                return
+            if not caught_up.is_set():
+                with contextlib.suppress(Exception):
+                    if msg.metadata.sequence.stream >= feed.target:
+                        caught_up.set()
             try:
-                items = json.loads(msg.data)
+                items = loads(msg.data)
             except ValueError:
                 return
             if isinstance(items, dict):
                 items = [items]
             for item in items:
                 tid = item.get("task_id")
-                index = run.pending.pop(tid, None)
-                if index is None:
-                    if tid not in run.reported:
-                        run.early[tid] = item  # may be a task not dispatched yet (resume)
+                if not item.get("success"):
+                    failures[tid] = failures.get(tid, 0) + 1
+                call = owner.pop(tid, None)
+                if call is None:
+                    if tid not in early or not early[tid].get("success"):
+                        early[tid] = item
                     continue
-                run.reported.add(tid)
+                index = call.pending.pop(tid, None)
+                if index is None:
+                    continue
+                call.inflight -= 1
+                call.room.set()
                 try:
-                    await self._report(run, index, tid, item, release=True)
+                    await self._report(call, index, tid, item)
                 except BaseException as exc:
-                    run.error = exc
-                    run.done.set()
-                    return
-            if run.published_all and not run.pending:
-                run.done.set()
+                    call.fail(exc)
+                    continue
+                if call.published_all and not call.pending:
+                    call.done.set()
 
         return on_message
+
+    def _release_feed(self, feed: _Feed) -> None:
+        feed.users -= 1
+        if feed.users > 0:
+            return
+        feed.idle_since = time.monotonic()
+        idle_since = feed.idle_since
+
+        def reap() -> None:
+            if feed.users == 0 and feed.idle_since == idle_since:
+                self._close_feed(feed)
+
+        # Kept a while: the next execute of the same stage reuses the replayed state.
+        asyncio.get_running_loop().call_later(self.feed_linger, reap)
+
+    def _close_feed(self, feed: _Feed) -> None:
+        if self._feeds.get(feed.subject) is feed:
+            del self._feeds[feed.subject]
+        if feed.sub is not None:
+            self._spawn(_unsubscribe(feed.sub))
+        elif feed.ready is not None:
+            feed.ready.cancel()
 
     async def _withdraw(self, seqs: list[int]) -> None:
         js = self.layout.js
@@ -834,6 +1012,18 @@ class NatsBackend(Backend):
 
         for start in range(0, len(seqs), 256):
             await asyncio.gather(*(delete(s) for s in seqs[start : start + 256]))
+
+
+async def _unsubscribe(sub: Any) -> None:
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+
+
+def _ack_seq(ack: bytes) -> int:
+    try:
+        return int(loads(ack).get("seq") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 _UNSET: Any = object()

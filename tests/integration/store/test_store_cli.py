@@ -133,15 +133,16 @@ async def test_reject_fails_the_run_with_the_comment(
 async def test_approve_or_reject_with_resume(
     tmp_path: Path, url: str, cli_env: dict[str, str]
 ) -> None:
-    for name in ("yes", "no"):
+    for name in ("take", "drop"):
         (tmp_path / f"{name}.yaml").write_text(GATED.replace("name: gated", f"name: {name}"))
-    await asyncio.gather(
+    started = await asyncio.gather(
         *(
             run_cli("run", str(tmp_path / f"{n}.yaml"), "--store", url, "--json", env=cli_env)
-            for n in ("yes", "no")
+            for n in ("take", "drop")
         )
     )
-    yes, no = await newest_run(url, "yes"), await newest_run(url, "no")
+    assert [code for code, _, _ in started] == [0, 0], started
+    yes, no = await newest_run(url, "take"), await newest_run(url, "drop")
     (code_yes, out_yes, err_yes), (code_no, out_no, _) = await asyncio.gather(
         run_cli("approve", yes, "gate", "--resume", "--json", "--store", url, env=cli_env),
         run_cli(
