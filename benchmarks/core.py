@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import subprocess
 import sys
@@ -97,6 +98,19 @@ def thread_pool_rate() -> float:
         return SPAWNS / (time.perf_counter() - t0)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads, user + system; not the spawned programs)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured(coro: Awaitable[float], cpu: list[float]) -> float:
+    c0 = cpu_seconds()
+    rate = await coro
+    cpu.append((cpu_seconds() - c0) / SPAWNS)
+    return rate
+
+
 async def main(rounds: int) -> None:
     registry = Registry(Config())
     async with registry:
@@ -115,17 +129,29 @@ async def main(rounds: int) -> None:
         print(f"  target: under 15 us/task -> {'met' if overhead < 15 else 'NOT met'}")
 
         await command_rate(registry)  # warm up the spawning threads
-        cmd, aio, pool = [], [], []
+        cmd: list[float] = []
+        aio: list[float] = []
+        pool: list[float] = []
+        cpu: dict[str, list[float]] = {"cmd": [], "aio": [], "pool": []}
         for _ in range(rounds):  # interleaved, so load changes hit every variant alike
-            cmd.append(await command_rate(registry))
-            aio.append(await asyncio_rate())
+            cmd.append(await measured(command_rate(registry), cpu["cmd"]))
+            aio.append(await measured(asyncio_rate(), cpu["aio"]))
+            c0 = cpu_seconds()
             pool.append(thread_pool_rate())
+            cpu["pool"].append((cpu_seconds() - c0) / SPAWNS)
     best_cmd, best_aio, best_pool = max(cmd), max(aio), max(pool)
     faster = max(best_aio, best_pool)
-    print(f"\n{SPAWNS} x {PROGRAM}, {PARALLEL} at a time (spawns/s; best of {rounds}, median):")
-    print(f"  command executor            {best_cmd:8.0f}   {statistics.median(cmd):8.0f}")
-    print(f"  asyncio.create_subprocess   {best_aio:8.0f}   {statistics.median(aio):8.0f}")
-    print(f"  2-thread subprocess.run     {best_pool:8.0f}   {statistics.median(pool):8.0f}")
+    print(f"\n{SPAWNS} x {PROGRAM}, {PARALLEL} at a time, best of {rounds}:")
+    print("                              spawns/s (best, median)   CPU us/spawn (this process)")
+    for label, rates, key in (
+        ("command executor", cmd, "cmd"),
+        ("asyncio.create_subprocess", aio, "aio"),
+        ("2-thread subprocess.run", pool, "pool"),
+    ):
+        print(
+            f"  {label:26s}  {max(rates):8.0f} {statistics.median(rates):8.0f}"
+            f"          {min(cpu[key]) * 1e6:6.0f}"
+        )
     print(f"  command / asyncio      {best_cmd / best_aio:5.2f}")
     print(f"  command / thread pool  {best_cmd / best_pool:5.2f}")
     ratio = best_cmd / faster

@@ -419,6 +419,50 @@ async def open_store_or_none(store_url: str | None, no_store: bool, registry: Re
         fail(str(exc))
 
 
+# ---- backend options shared by run, resume and approve --resume ----------------------------
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="local (default) or nats://HOST:4222 (resume: default the run's own backend).",
+        envvar="WORKPLEX_BACKEND",
+    ),
+]
+WaitForWorkersOption = Annotated[
+    float, typer.Option("--wait-for-workers", help="Seconds to wait for workers (nats backend).")
+]
+NatsCreds = Annotated[
+    str | None,
+    typer.Option("--nats-creds", help="NATS credentials file (.creds).", envvar="WORKPLEX_NATS_CREDS"),
+]
+TlsCa = Annotated[
+    str | None,
+    typer.Option("--tls-ca", help="CA bundle for a TLS NATS server.", envvar="WORKPLEX_NATS_TLS_CA"),
+]
+TlsCert = Annotated[
+    str | None,
+    typer.Option("--tls-cert", help="Client certificate (mTLS).", envvar="WORKPLEX_NATS_TLS_CERT"),
+]
+TlsKey = Annotated[
+    str | None, typer.Option("--tls-key", help="Client key (mTLS).", envvar="WORKPLEX_NATS_TLS_KEY")
+]
+
+
+def backend_options(
+    wait_for_workers: float,
+    nats_creds: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> dict[str, Any]:
+    """The keyword options ``open_backend`` passes to a nats backend (unset ones left out)."""
+    given = {"creds": nats_creds, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
+    options: dict[str, Any] = {k: v for k, v in given.items() if v}
+    if wait_for_workers:
+        options["wait_for_workers"] = wait_for_workers
+    return options
+
+
 @app.command("run")
 def run(
     file: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
@@ -430,10 +474,7 @@ def run(
         str | None, typer.Option("--inputs-file", help="A YAML/JSON file of run inputs.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run result as JSON.")] = False,
-    backend: Annotated[
-        str | None,
-        typer.Option("--backend", help="local (default) or nats://HOST:4222.", envvar="WORKPLEX_BACKEND"),
-    ] = None,
+    backend: BackendOption = None,
     store: Annotated[
         str | None,
         typer.Option("--store", help="Run store URL (sqlite:///file.db, postgresql://...).", envvar="WORKPLEX_STORE"),
@@ -444,9 +485,11 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")
     ] = None,
-    wait_for_workers: Annotated[
-        float, typer.Option("--wait-for-workers", help="Seconds to wait for workers (nats backend).")
-    ] = 0.0,
+    wait_for_workers: WaitForWorkersOption = 0.0,
+    nats_creds: NatsCreds = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Run a pipeline file. Exit 0 when it succeeds (or pauses), 1 when it fails, 2 on bad input."""
     from workplex.engine import new_run_id
@@ -472,7 +515,8 @@ def run(
             stop_metrics = serve_metrics(metrics_port, registry=chain)
         the_store = await open_store_or_none(store, no_store, registry)
         try:
-            be = open_backend(backend, registry, wait_for_workers=wait_for_workers) if backend else None
+            options = backend_options(wait_for_workers, nats_creds, tls_ca, tls_cert, tls_key)
+            be = open_backend(backend, registry, **options) if backend else None
             async with registry, Engine(registry, backend=be, store=the_store) as engine:
                 pipeline = engine.load(file)
                 return await drive_with_progress(
@@ -529,12 +573,6 @@ def validate(
 NatsUrl = Annotated[
     str, typer.Option("--nats", help="NATS server URL.", envvar="WORKPLEX_NATS_URL")
 ]
-NatsCreds = Annotated[
-    str | None, typer.Option("--nats-creds", help="NATS credentials file (.creds).")
-]
-TlsCa = Annotated[str | None, typer.Option("--tls-ca", help="CA bundle for a TLS NATS server.")]
-TlsCert = Annotated[str | None, typer.Option("--tls-cert", help="Client certificate (mTLS).")]
-TlsKey = Annotated[str | None, typer.Option("--tls-key", help="Client key (mTLS).")]
 
 
 @app.command("worker")
@@ -892,18 +930,36 @@ def cancel(
         )
 
 
-def _resume_and_report(run_id: str, store: str | None, as_json: bool) -> NoReturn:
-    """Resume a run in this process (the shared part of `resume` and `approve --resume`)."""
+def _resume_and_report(
+    run_id: str,
+    store: str | None,
+    as_json: bool,
+    backend: str | None = None,
+    backend_opts: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Resume a run in this process (the shared part of `resume` and `approve --resume`).
+
+    ``backend`` None: the backend the run was started with (its ``backend`` event), else local.
+    """
     from workplex.errors import WorkplexError
 
     registry = build_registry()
     show = not as_json and sys.stdout.isatty()
 
     async def go() -> Any:
+        from workplex.backends import open_backend
         from workplex.engine import Engine
 
-        async with _open_store(store) as s, registry, Engine(registry, store=s) as engine:
-            return await drive_with_progress(engine, run_id, engine.resume(run_id), show)
+        async with _open_store(store) as s:
+            url = backend
+            if url is None:
+                found = await s.events(run_id, kinds=["backend"])
+                url = str(found[-1].data.get("url") or "") if found else None
+            be = open_backend(url, registry, **(backend_opts or {})) if url else None
+            if be is not None and url != backend:
+                typer.echo(f"resuming run {run_id} on its backend {url}", err=True)
+            async with registry, Engine(registry, backend=be, store=s) as engine:
+                return await drive_with_progress(engine, run_id, engine.resume(run_id), show)
 
     try:
         result = run_async(go())
@@ -922,6 +978,12 @@ def resume(
     run_id: Annotated[str, typer.Argument(help="The run id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the run result as JSON.")] = False,
     store: StoreOption = None,
+    backend: BackendOption = None,
+    wait_for_workers: WaitForWorkersOption = 0.0,
+    nats_creds: NatsCreds = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Continue a run whose process died, or that was paused: finished tasks keep their
     results; unfinished ones run again (at-least-once). Exit 2 if another process drives it."""
@@ -931,7 +993,8 @@ def resume(
             await _require_run(s, run_id)
 
     run_async(check())
-    _resume_and_report(run_id, store, as_json)
+    options = backend_options(wait_for_workers, nats_creds, tls_ca, tls_cert, tls_key)
+    _resume_and_report(run_id, store, as_json, backend, options)
 
 
 @app.command("approve")
@@ -948,6 +1011,12 @@ def approve(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --resume: JSON result.")] = False,
     store: StoreOption = None,
+    backend: BackendOption = None,
+    wait_for_workers: WaitForWorkersOption = 0.0,
+    nats_creds: NatsCreds = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Approve (or --reject) a stage waiting for approval. A rejection fails the run with the
     comment recorded; an approval lets `workplex resume` (or --resume) continue it."""
@@ -979,7 +1048,8 @@ def approve(
         elif run.status == "paused":
             typer.echo(f"continue it with: workplex resume {run_id}")
         raise typer.Exit(EXIT_OK)
-    _resume_and_report(run_id, store, as_json)
+    options = backend_options(wait_for_workers, nats_creds, tls_ca, tls_cert, tls_key)
+    _resume_and_report(run_id, store, as_json, backend, options)
 
 
 @app.command("gc")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import time
 import uuid
@@ -485,6 +486,10 @@ class Engine:
                 run_id, pipeline.name, pipeline.to_document(), pipeline.path, checked,
                 parent_run_id=parent_run_id,
             )
+            url = getattr(self.backend, "url", None)
+            if url:
+                # Remembered so `workplex resume` can default to the run's backend.
+                await self.store.event(run_id, "backend", {"url": re.sub(r"//[^@/]*@", "//", url)})
         return await self._drive(plan, result, {})
 
     async def resume(self, run_id: str) -> RunResult:

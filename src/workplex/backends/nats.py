@@ -18,14 +18,19 @@ name                      subjects                              purpose
 
 A task message is JSON: ``id``, ``type``, ``payload`` (or ``payload_ref`` into the object
 store), ``metadata``, ``run_id``, ``stage``, ``index``, ``settings`` (the stage's overlay
-settings as canonical JSON text) and ``reply`` (the results subject). It carries the header
-``Nats-Msg-Id: <task id>``, so a task dispatched again (after ``workplex resume``) inside the
-duplicate window is dropped by JetStream. A results message is a JSON list of
-``Result.to_dict()`` objects (or ``{"task_id", "ref"}`` for one kept in the object store).
+settings as canonical JSON text), ``reply`` (the results subject) and ``dispatch`` (its
+``Nats-Msg-Id``: the task id, or ``<task id>#<n>`` when it is dispatched again after
+``n`` failed results). The header makes JetStream drop a task dispatched again (after
+``workplex resume``) inside the duplicate window. A results message is a JSON list of
+``Result.to_dict()`` objects (or ``{"task_id", "ref", "success"}`` for one kept in the
+object store).
 
-The controller reads a stage's results with an ordered consumer that starts at the
-beginning of that stage's subject, so after a controller crash it sees every result
-already published, and records the first result per task id (exactly once).
+The controller reads a stage's results with one ordered consumer per (run, stage),
+shared by every ``execute`` call of that stage and kept a while after the last one. It
+starts at the beginning of the subject and is read to its end before anything is
+dispatched, so after a controller crash every result already published is seen: a
+success is reported without dispatching the task again. The first result per dispatched
+task is recorded (exactly once). Tasks are published pipelined (see :class:`_Publisher`).
 """
 
 from __future__ import annotations
@@ -989,7 +994,8 @@ class NatsBackend(Backend):
         idle_since = feed.idle_since
 
         def reap() -> None:
-            if feed.users == 0 and feed.idle_since == idle_since:
+            unused = feed.users == 0 and feed.idle_since == idle_since
+            if unused and self._feeds.get(feed.subject) is feed:
                 self._close_feed(feed)
 
         # Kept a while: the next execute of the same stage reuses the replayed state.

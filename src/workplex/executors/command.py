@@ -480,16 +480,17 @@ class _Spawner:
 
     def __init__(self, max_threads: int) -> None:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        self._idle = 0  # threads waiting for a job, or about to (guarded by _lock)
         self._max = max_threads
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def submit(self, job: _Job) -> None:
         self._queue.put(job)
-        if self._idle.acquire(blocking=False):
-            return
         with self._lock:
+            if self._idle:
+                self._idle -= 1
+                return
             if len(self._threads) < self._max:
                 t = threading.Thread(target=self._work, name="workplex-command", daemon=True)
                 self._threads.append(t)
@@ -516,7 +517,8 @@ class _Spawner:
                     outcome = ("error", exc)
                 # Count as idle before the loop hears back, or its next submit would find no
                 # idle thread and start another one.
-                self._idle.release()
+                with self._lock:
+                    self._idle += 1
                 try:
                     job.loop.call_soon_threadsafe(job.complete, outcome)
                 except RuntimeError:  # the loop is closed; nobody is waiting

@@ -384,23 +384,29 @@ class Sql(Executor):
             # A backstop past the statement timeout, should the database not stop in time.
             async with asyncio.timeout(timeout + 1.0 if timeout is not None else None):
                 async with engine.begin() as conn:
-                    if timeout is not None:
-                        interrupt = await self._arm_timeout(conn, timeout)
-                    results = [
-                        await self._run(conn, q, p, input.fetch, max_rows) for q, p in steps
-                    ]
+                    try:
+                        if timeout is not None:
+                            interrupt = await self._arm_timeout(conn, timeout)
+                        results = [
+                            await self._run(conn, q, p, input.fetch, max_rows)
+                            for q, p in steps
+                        ]
+                    finally:
+                        # Disarm before the connection goes back to the pool, so a late
+                        # interrupt can never hit another task's statement.
+                        if interrupt is not None:
+                            interrupt.cancel()
         except SQLAlchemyError as exc:
             timed_out = interrupt is not None and _fired(interrupt)
             raise self._translate(exc, dsn, ctx, timed_out, timeout) from exc
         except TimeoutError as exc:
+            if timeout is None:  # e.g. the driver's own connect timeout
+                raise RetryableError("the database did not answer in time") from exc
             raise TaskTimeoutError(f"statement timeout ({timeout:g}s) exceeded") from exc
         except OSError as exc:
             raise RetryableError(
                 ctx.secrets.redact(redact_dsn(f"cannot reach the database: {exc}", dsn))
             ) from exc
-        finally:
-            if interrupt is not None:
-                interrupt.cancel()
         last = results[-1]
         if input.statements is not None:
             last["results"] = results
@@ -470,7 +476,8 @@ class Sql(Executor):
         message = ctx.secrets.redact(redact_dsn(message, dsn))
         sqlstate = _sqlstate(orig)
         if timed_out or sqlstate == "57014":
-            return TaskTimeoutError(f"statement timeout ({timeout:g}s) exceeded: {message}")
+            limit = f" ({timeout:g}s)" if timeout is not None else ""
+            return TaskTimeoutError(f"statement timeout{limit} exceeded: {message}")
         details = {"sqlstate": sqlstate} if sqlstate else None
         if isinstance(exc, sa_exc.TimeoutError):
             return RetryableError(f"no database connection free in the pool: {message}")

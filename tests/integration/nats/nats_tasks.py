@@ -20,3 +20,12 @@ def slow(i: int, seconds: float = 0.2, record: str | None = None) -> int:
 def die() -> None:
     """A poison task: kills the worker process running it."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_once(marker: str) -> str:
+    """Fails the first time (creating ``marker``), succeeds every later time."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once\n")
+        raise RuntimeError("first attempt fails")
+    return "ok"

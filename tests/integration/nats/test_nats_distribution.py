@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import re
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,31 +65,6 @@ async def run_tasks(
 def py_task(rid: str, index: int, function: str, **kwargs: Any) -> Task:
     payload = {"function": f"nats_tasks:{function}", "kwargs": kwargs}
     return Task("python", payload, id=f"{rid}:s:{index}")
-
-
-@pytest.fixture
-def http_server() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({"path": self.path}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 async def test_http_tasks_land_on_the_only_worker_with_http(

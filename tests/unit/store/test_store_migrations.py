@@ -50,8 +50,8 @@ async def columns(url: str) -> dict[str, set[str]]:
         await engine.dispose()
 
 
-async def test_a_v1_store_is_migrated_when_opened(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+async def test_a_v1_store_is_migrated_when_opened(store_url: str) -> None:
+    url = store_url
     await make_v1_store(url)
     assert "approvals" not in await columns(url)
     store = await Store.open(url)
@@ -68,8 +68,8 @@ async def test_a_v1_store_is_migrated_when_opened(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_the_migrated_schema_matches_the_table_definitions(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+async def test_the_migrated_schema_matches_the_table_definitions(store_url: str) -> None:
+    url = store_url
     store = await Store.open(url)
     await store.close()
     found = await columns(url)
@@ -84,8 +84,8 @@ async def test_the_migrated_schema_matches_the_table_definitions(tmp_path: Path)
         await engine.dispose()
 
 
-async def test_a_store_from_a_newer_workplex_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
+async def test_a_store_from_a_newer_workplex_is_refused(store_url: str) -> None:
+    url = store_url
     store = await Store.open(url)
     await store.close()
     engine = create_async_engine(driver_url(url))
