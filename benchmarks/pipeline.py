@@ -58,7 +58,7 @@ async def gather_run(n: int) -> float:
     return elapsed
 
 
-def peak_per_task(n: int, parallel: int) -> float:
+def peak_per_task(n: int, parallel: int) -> tuple[float, float]:
     """Peak traced memory of a run minus the memory its results keep, per task."""
 
     async def go() -> tuple[int, int]:
@@ -78,7 +78,7 @@ def peak_per_task(n: int, parallel: int) -> float:
             return peak, kept
 
     peak, kept = asyncio.run(go())
-    return (peak - kept) / n
+    return peak / n, (peak - kept) / n
 
 
 def main() -> None:
@@ -86,12 +86,13 @@ def main() -> None:
     parallel = 64
     raw = asyncio.run(gather_run(n))
     eng, _ = asyncio.run(engine_run(n, parallel))
-    extra = peak_per_task(n, parallel)
+    total, extra = peak_per_task(n, parallel)
     print(f"{n:,} echo tasks, scatter max_parallel={parallel}")
     print(f"  asyncio.gather of bare coroutines : {n / raw:>10,.0f} tasks/s")
     print(f"  workplex engine (local backend)   : {n / eng:>10,.0f} tasks/s")
     print(f"  ratio engine / gather (throughput): {raw / eng:>10.2f}")
-    print(f"  engine memory beyond results      : {extra:>10,.0f} bytes per task (peak)")
+    print(f"  engine peak memory, with results  : {total:>10,.0f} bytes per task")
+    print(f"  engine peak memory beyond results : {extra:>10,.0f} bytes per task")
 
 
 if __name__ == "__main__":
