@@ -368,6 +368,28 @@ def summarize_run(data: dict[str, Any]) -> None:
         )
 
 
+def drive_and_report(coro: Any, run_id: str, as_json: bool) -> NoReturn:
+    """Run ``coro`` (a run or a resume), print the outcome, exit 0 (succeeded or paused) or 1.
+
+    Bad input exits 2; Ctrl-C says how to resume.
+    """
+    from workplex.errors import WorkplexError
+
+    try:
+        result = run_async(coro)
+    except KeyboardInterrupt:
+        typer.echo(f"run {run_id} cancelled (resume it with: workplex resume {run_id})", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except WorkplexError as exc:
+        fail(str(exc))
+    data = result.to_dict()
+    if as_json:
+        print_json(data)
+    else:
+        summarize_run(data)
+    raise typer.Exit(EXIT_OK if result.status in ("succeeded", "paused") else EXIT_FAILED)
+
+
 async def drive_with_progress(engine: Any, run_id: str, coro: Any, show: bool) -> Any:
     """Await ``coro`` (a run) while showing one progress bar per running stage."""
     import asyncio
@@ -493,7 +515,6 @@ def run(
 ) -> None:
     """Run a pipeline file. Exit 0 when it succeeds (or pauses), 1 when it fails, 2 on bad input."""
     from workplex.engine import new_run_id
-    from workplex.errors import PipelineError, ValidationError, WorkplexError
 
     inputs = parse_inputs(input or [], inputs_file)
     registry = build_registry()
@@ -528,21 +549,7 @@ def run(
             if stop_metrics is not None:
                 stop_metrics.stop()
 
-    try:
-        result = run_async(go())
-    except (PipelineError, ValidationError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo(f"run {run_id} cancelled (resume it with: workplex resume {run_id})", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
-    except WorkplexError as exc:
-        fail(str(exc))
-    data = result.to_dict()
-    if as_json:
-        print_json(data)
-    else:
-        summarize_run(data)
-    raise typer.Exit(EXIT_OK if result.status in ("succeeded", "paused") else EXIT_FAILED)
+    drive_and_report(go(), run_id, as_json)
 
 
 @app.command("validate")
@@ -941,7 +948,6 @@ def _resume_and_report(
 
     ``backend`` None: the backend the run was started with (its ``backend`` event), else local.
     """
-    from workplex.errors import WorkplexError
 
     registry = build_registry()
     show = not as_json and sys.stdout.isatty()
@@ -961,16 +967,7 @@ def _resume_and_report(
             async with registry, Engine(registry, backend=be, store=s) as engine:
                 return await drive_with_progress(engine, run_id, engine.resume(run_id), show)
 
-    try:
-        result = run_async(go())
-    except WorkplexError as exc:
-        fail(str(exc))
-    data = result.to_dict()
-    if as_json:
-        print_json(data)
-    else:
-        summarize_run(data)
-    raise typer.Exit(EXIT_OK if result.status in ("succeeded", "paused") else EXIT_FAILED)
+    drive_and_report(go(), run_id, as_json)
 
 
 @app.command("resume")

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
 from workplex import Engine, Pipeline, Registry, Stage
 from workplex.config import parse_config
 from workplex.overlays import default_overlays
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_given_metrics_port_when_a_run_scrapes_itself_then_task_counters_are_served(
@@ -43,9 +37,22 @@ stages:
 """
     )
     out = subprocess.run(
-        [sys.executable, "-m", "workplex.cli", "--config", str(config), "run", str(pipeline),
-         "--no-store", "--json", "--metrics-port", str(port)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "workplex.cli",
+            "--config",
+            str(config),
+            "run",
+            str(pipeline),
+            "--no-store",
+            "--json",
+            "--metrics-port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)["stages"]["scrape"]["output"]["body"]

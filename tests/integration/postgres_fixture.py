@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,15 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port as _free_port
+from tests.support import unavailable as _unavailable
+
 ENV_URL = "WORKPLEX_TEST_POSTGRES_URL"
 PG_USER = "postgres"
 RUN_AS = "workplex_pg"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL needed in CI: {reason}")
-    pytest.skip(reason)
 
 
 def _pginstall() -> Path | None:
@@ -44,12 +40,6 @@ def _pginstall() -> Path | None:
         return None
     root = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
     return root if (root / "bin" / "postgres").exists() else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run_as_user() -> pwd.struct_passwd | None:
@@ -104,8 +94,14 @@ def _start_embedded(install: Path, base: Path) -> Iterator[str]:
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
     subprocess.run(
         [
-            str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
-            "--encoding=UTF8", "--no-sync",
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
         ],
         check=True,
         capture_output=True,
@@ -116,9 +112,23 @@ def _start_embedded(install: Path, base: Path) -> Iterator[str]:
     log = (base / "postgres.log").open("wb")
     proc = subprocess.Popen(
         [
-            str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-            "-k", str(sockets), "-c", "fsync=off", "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off", "-c", "max_connections=200",
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(sockets),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

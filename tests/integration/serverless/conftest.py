@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import pytest
 pytest.importorskip("boto3")
 httpx = pytest.importorskip("httpx")
 
+from tests.support import free_port, unavailable  # noqa: E402
 from workplex.config import parse_config  # noqa: E402
 from workplex.executor import Secrets  # noqa: E402
 from workplex.executors.serverless import Serverless  # noqa: E402
@@ -41,18 +41,6 @@ GCP_TOKEN = "gcp-identity-token-9f2c41"
 AZURE_KEY = "azure-function-key-7d1e08"
 ACCESS_KEY = "AKIDWORKPLEXTEST"
 SECRET_KEY = "aws-secret-key-5b8e77c3"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 # ---- moto ------------------------------------------------------------------------------
