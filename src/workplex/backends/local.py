@@ -93,10 +93,8 @@ class LocalBackend(Backend):
             on_result(index, ok_result(p.executor, out, start, t0, ctx, task.id))
 
         async def worker() -> None:
-            done = 0
-            for index, task in items:
+            for done, (index, task) in enumerate(items, 1):
                 await run_one(index, task)
-                done += 1
                 if not done & 255:
                     # Work that never suspends (echo) would otherwise starve the loop:
                     # progress, lease renewal, store flushes and Ctrl-C all need a turn.
