@@ -176,6 +176,10 @@ class StageRun:
         )
         self.backend: Backend = engine.local if local_only or engine.backend is None else engine.backend
         self._fail_on_nonzero = plan.stage.fail_on_nonzero
+        # A stage whose input reads $.secrets gets its results scrubbed before they are kept,
+        # so a secret echoed back by the work never reaches the run result or the store.
+        uses_secrets = any("secrets" in t.roots() for t in plan.templates.values())
+        self._secrets = registry.secrets if uses_secrets and len(registry.secrets) else None
 
     # ---- helpers for patterns --------------------------------------------------------
     def template(self, name: str) -> Template:
@@ -278,8 +282,12 @@ class StageRun:
 
         runner: asyncio.Future[None] | None = None
 
+        secrets = self._secrets
+
         def on_result(pos: int, result: Result) -> None:
             index = offset + (positions[pos] if positions is not None else pos)
+            if secrets is not None:
+                secrets.redact_result(result)
             results[index] = result
             if succeeded(result):
                 stage.succeeded += 1
@@ -342,6 +350,8 @@ class StageRun:
             settings=self.plan.settings or None,
         )
         result = holder[0]
+        if self._secrets is not None:
+            self._secrets.redact_result(result)
         self.result.total += 1
         if self.succeeded(result):
             self.result.succeeded += 1

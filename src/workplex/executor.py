@@ -130,6 +130,26 @@ class Secrets(Mapping[str, str]):
                 text = text.replace(value, "***")
         return text
 
+    def redact_value(self, value: Any) -> Any:
+        """``value`` (any JSON) with every secret inside its strings replaced by ``***``."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        return value
+
+    def redact_result(self, result: Result) -> None:
+        """Scrub a Result in place: output, error message and logs."""
+        if not self._values:
+            return
+        result.output = self.redact_value(result.output)
+        if result.error is not None:
+            result.error.message = self.redact(result.error.message)
+        if result.logs:
+            result.logs = [self.redact(line) for line in result.logs]
+
 
 _EMPTY_SECRETS = Secrets()
 _task_counter = itertools.count(1)
