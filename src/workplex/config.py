@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from workplex.errors import ConfigError
+from workplex.errors import ConfigError, pydantic_reason
 from workplex.executor import Secrets, SecurityLevel
 
 DEFAULT_NAME = "workplex.yaml"
@@ -134,8 +134,5 @@ def _describe(source: str, exc: PydanticValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {pydantic_reason(err)}")
     return f"{source}: " + "; ".join(parts)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from workplex.errors import PipelineError, RunPaused, ValidationError, WorkplexError
 from workplex.executor import Result, Task
 from workplex.pipeline.expressions import Missing, Template, truthy
-from workplex.pipeline.loader import read_pipeline
+from workplex.pipeline.loader import StructureError, read_pipeline
 from workplex.pipeline.model import Pipeline
 from workplex.pipeline.plan import Plan, StagePlan, build_plan
 
@@ -463,8 +463,24 @@ class Engine:
         return plan
 
     def load(self, path: str | Path) -> Pipeline:
-        """Read a pipeline file and check it against this engine's executors and patterns."""
-        pipeline = read_pipeline(path)
+        """Read a pipeline file and check it against this engine's executors and patterns.
+
+        ``PipelineError.problems`` lists every problem: when the structure is wrong, the
+        other checks still run on the parts that could be read.
+        """
+        try:
+            pipeline = read_pipeline(path)
+        except StructureError as exc:
+            if exc.partial is None:
+                raise
+            try:
+                self.plan(exc.partial)
+            except PipelineError as more:
+                problems = [*exc.problems, *more.problems]
+                raise PipelineError(
+                    f"{len(problems)} problems:\n" + "\n".join(problems), problems
+                ) from exc
+            raise
         self.plan(pipeline)
         return pipeline
 

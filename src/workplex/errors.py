@@ -23,8 +23,22 @@ Foreign exceptions are translated at the boundary with ``raise ... from exc``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+# Prefixes pydantic puts before the message of a validator's ValueError/AssertionError.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def pydantic_reason(err: Mapping[str, Any]) -> str:
+    """The reason of one pydantic error entry, as a person would say it."""
+    if err.get("type") == "extra_forbidden":
+        return "unknown key"
+    msg = str(err.get("msg", "invalid"))
+    for prefix in _PYDANTIC_PREFIXES:
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
 
 
 class WorkplexError(Exception):
@@ -74,7 +88,7 @@ class ValidationError(WorkplexError):
         errors: list[tuple[str, str]] = []
         for err in exc.errors(include_url=False):
             path = ".".join(str(p) for p in err.get("loc", ())) or "(payload)"
-            errors.append((path, str(err.get("msg", "invalid"))))
+            errors.append((path, pydantic_reason(err)))
         lines = "; ".join(f"{p}: {m}" for p, m in errors)
         prefix = f"{where}: " if where else ""
         return cls(f"{prefix}invalid input for executor {executor!r}: {lines}", errors)

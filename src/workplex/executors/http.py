@@ -108,6 +108,7 @@ class HttpOutput(BaseModel):
     body: Any = Field(description="Parsed JSON, text, or base64 (see body_encoding).")
     body_encoding: Literal["json", "text", "base64"]
     url: str = Field(description="The final URL, after redirects.")
+    http_version: str = Field(description="The protocol spoken: HTTP/1.1 or HTTP/2.")
     elapsed: float = Field(description="Seconds from sending to the last byte.")
 
 
@@ -459,6 +460,7 @@ class Http(Executor):
             "body": body,
             "body_encoding": kind,
             "url": str(response.url),
+            "http_version": response.http_version,
             "elapsed": elapsed,
         }
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, RootModel
 from pydantic import ValidationError as PydanticValidationError
 
 from workplex.durations import Duration, parse_duration
-from workplex.errors import ConfigError
+from workplex.errors import ConfigError, pydantic_reason
 from workplex.executor import Context
 from workplex.registry import Call, PluginError
 
@@ -457,7 +457,7 @@ class OverlayChain:
                         problems.append(f"{name}: unknown option {loc!r}")
                     else:
                         field = f".{loc}" if loc else ""
-                        problems.append(f"{name}{field}: {err.get('msg', 'invalid')}")
+                        problems.append(f"{name}{field}: {pydantic_reason(err)}")
             except ValueError as exc:
                 problems.append(f"{name}: {exc}")
         if problems:

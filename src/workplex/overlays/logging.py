@@ -12,6 +12,7 @@ password / token / secret / authorization / api key are masked.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sys
 import time
@@ -32,12 +33,18 @@ SENSITIVE_KEY = re.compile(r"pass(word|wd)?|token|secret|authori[sz]ation|api[_-
 _secrets: ContextVar[Secrets | None] = ContextVar("workplex_log_secrets", default=None)
 
 
+@functools.lru_cache(maxsize=1024)
+def _sensitive(key: str) -> bool:
+    # Log events reuse a handful of keys: decide each once, not per line.
+    return SENSITIVE_KEY.search(key) is not None
+
+
 def _scrub(value: Any, secrets: Secrets | None) -> Any:
     if isinstance(value, str):
         return secrets.redact(value) if secrets else value
     if isinstance(value, Mapping):
         return {
-            k: MASK if isinstance(k, str) and SENSITIVE_KEY.search(k) else _scrub(v, secrets)
+            k: MASK if isinstance(k, str) and _sensitive(k) else _scrub(v, secrets)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -51,9 +58,9 @@ def redact_secrets(
     """structlog processor: mask sensitive keys and the running task's secret values."""
     secrets = _secrets.get()
     for key, value in event_dict.items():
-        if SENSITIVE_KEY.search(key):
+        if _sensitive(key):
             event_dict[key] = MASK
-        elif secrets or not isinstance(value, str):
+        elif secrets or not isinstance(value, str | int | float | bool | None):
             event_dict[key] = _scrub(value, secrets)
     return event_dict
 
@@ -110,6 +117,9 @@ class Logging(Overlay):
     def wrap_attempt(self, next: Call, executor: str, config: LoggingConfig) -> Call:
         logger = structlog.get_logger("workplex.overlays")
         log = getattr(logger, config.level)
+        # One line per attempt by default (its end, with outcome and duration); the start
+        # line is debug-level, filtered out for almost nothing unless asked for.
+        log_start = logger.debug
         perf = time.perf_counter
 
         async def log_attempt(input: Any, ctx: Context) -> Any:
@@ -120,7 +130,7 @@ class Logging(Overlay):
                 "task_id": ctx.task_id,
                 "attempt": ctx.attempt,
             }
-            log("attempt.start", **ids)
+            log_start("attempt.start", **ids)
             t0 = perf()
             try:
                 out = await next(input, ctx)

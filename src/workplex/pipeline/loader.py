@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError as PydanticValidationError
 
-from workplex.errors import PipelineError
+from workplex.errors import PipelineError, pydantic_reason
 from workplex.pipeline.model import Pipeline
 
 
@@ -85,11 +85,71 @@ def pipeline_from_data(
             if not loc and problems:
                 continue  # the model's own duplicate-name error, already reported with its line
             line = _line(marks, loc)
-            msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+            msg = pydantic_reason(err)
             problems.append(f"{source}{line}: {describe_loc(data, loc)}: {msg}")
-        raise PipelineError(problems[0] if len(problems) == 1 else "\n".join(problems), problems) from exc
+        error = StructureError(problems[0] if len(problems) == 1 else "\n".join(problems), problems)
+        error.partial = _salvage(data, exc.errors(include_url=False), source, marks)
+        raise error from exc
     pipeline._path = source
     pipeline._source = text
+    pipeline._marks = marks
+    return pipeline
+
+
+class StructureError(PipelineError):
+    """The document does not fit the pipeline model.
+
+    ``partial`` is the pipeline without the offending optional keys (None when a required
+    part is broken), so the checks against executors and patterns can still run on the rest
+    and ``workplex validate`` reports every problem of the file in one go.
+    """
+
+    partial: Pipeline | None = None
+
+
+# Stage keys that may be left out without changing what the other checks see (dropping
+# `needs`, `scatter`, `config`... would change dependencies or the pattern's checks).
+_DROPPABLE_STAGE_KEYS = frozenset(
+    {"timeout", "if", "retry", "overlays", "continue_on_error", "fail_on_nonzero", "description"}
+)
+
+
+def _salvage(
+    data: dict[Any, Any],
+    errors: list[Any],
+    source: str,
+    marks: dict[tuple[Any, ...], int] | None,
+) -> Pipeline | None:
+    """``data`` without the keys the model refused, as a Pipeline; None if that is not safe."""
+    doc = dict(data)
+    stages = [dict(s) if isinstance(s, dict) else s for s in doc.get("stages") or []]
+    inputs = dict(doc["inputs"]) if isinstance(doc.get("inputs"), dict) else None
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        unknown = err.get("type") == "extra_forbidden"
+        if len(loc) == 1 and (unknown or loc[0] == "description"):
+            doc.pop(loc[0], None)
+        elif len(loc) >= 2 and loc[0] == "inputs" and inputs is not None:
+            inputs.pop(loc[1], None)
+        elif (
+            len(loc) >= 3
+            and loc[0] == "stages"
+            and isinstance(loc[1], int)
+            and loc[1] < len(stages)
+            and isinstance(stages[loc[1]], dict)
+            and ((unknown and len(loc) == 3) or loc[2] in _DROPPABLE_STAGE_KEYS)
+        ):
+            stages[loc[1]].pop(loc[2], None)
+        else:
+            return None
+    doc["stages"] = stages
+    if inputs is not None:
+        doc["inputs"] = inputs
+    try:
+        pipeline = Pipeline.model_validate(doc)
+    except PydanticValidationError:
+        return None
+    pipeline._path = source
     pipeline._marks = marks
     return pipeline
 

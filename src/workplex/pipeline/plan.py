@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from workplex.errors import PipelineError, ValidationError
+from workplex.errors import PipelineError, ValidationError, pydantic_reason
 from workplex.pipeline.expressions import Expr, Template, compile_expr, compile_template
 from workplex.pipeline.model import RESERVED_ROOTS, Pipeline, Stage
 
@@ -179,7 +179,7 @@ def build_plan(
         except PydanticValidationError as exc:
             for err in exc.errors(include_url=False):
                 dotted = ".".join(str(p) for p in err.get("loc", ()))
-                msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg")
+                msg = pydantic_reason(err)
                 problem(i, stage.name, f"config.{dotted}" if dotted else "config",
                         f"{msg} (pattern {stage.mode!r})", "config", *err.get("loc", ()))
             continue
@@ -202,7 +202,9 @@ def build_plan(
             try:
                 validate_overlays(settings, f"stage {stage.name!r}")
             except Exception as exc:
-                problem(i, stage.name, "", str(exc), "retry" if stage.retry else "overlays")
+                # The chain's message starts with the `where` given above; say it once.
+                msg = str(exc).removeprefix(f"stage {stage.name!r}: ")
+                problem(i, stage.name, "", msg, "retry" if stage.retry else "overlays")
 
         # Expressions: compile, check their roots, validate static inputs.
         allowed = ancestors(stage.name)
@@ -261,7 +263,7 @@ def build_plan(
                     for err in exc.errors(include_url=False):
                         sub = ".".join(str(p) for p in err.get("loc", ()))
                         problem(i, stage.name, f"{key}.{sub}" if sub else key,
-                                f"{err.get('msg')} (executor {target!r})", *loc, *err.get("loc", ()))
+                                f"{pydantic_reason(err)} (executor {target!r})", *loc, *err.get("loc", ()))
 
         condition = None
         if stage.if_ is not None:

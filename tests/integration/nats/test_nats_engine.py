@@ -3,6 +3,7 @@ controller killed mid-run then resumed with ``workplex resume --backend``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,11 +15,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from workplex.backends import OnResult
 from workplex.backends.nats import NatsBackend
 from workplex.engine import Engine
 from workplex.executor import Result, Task
 from workplex.registry import Registry
+from workplex.store import Store
 
 from .conftest import WorkerProcess, wait_until
 from .test_nats_distribution import py_task, run_id, run_tasks, wait_for_workers
@@ -205,3 +209,85 @@ stages:
     again = sorted(i for i in before if executed[i] != 1)
     assert not again, f"tasks finished before the kill ran again: {again}"
     assert _finished(db) == set(range(n))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+async def test_engine_scatter_survives_a_worker_stopped_mid_run(
+    nats_url: str, workers: StartWorker, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A worker killed (SIGKILL) or stopped (SIGTERM) while the Engine drives a scatter:
+    the run succeeds, every task is recorded exactly once in the store; after SIGKILL the
+    killed worker's tasks are redelivered to the other one, after SIGTERM nothing runs
+    twice."""
+    args = ("--executors", "python", "--concurrency", "4", "--ack-wait", "2", "--grace", "20")
+    victim = workers(f"engine-victim-{sig.name}", *args)
+    survivor = workers(f"engine-survivor-{sig.name}", *args)
+    record = tmp_path / "executions.txt"
+    record.touch()
+    n = 40
+    pipeline = tmp_path / "scatter.yaml"
+    pipeline.write_text(
+        f"""
+name: nats-worker-stopped
+inputs:
+  items: {{type: array}}
+stages:
+  - name: work
+    mode: scatter
+    executor: python
+    scatter: {{input: $.trigger.items, as: i}}
+    input:
+      function: nats_tasks:slow
+      kwargs: {{i: $.i, seconds: 0.3, record: {json.dumps(str(record))}}}
+    config: {{max_parallel: 40}}
+"""
+    )
+    registry = Registry()
+    backend = SpyingBackend(registry, nats_url)
+    stopped: list[str] = []
+    results_per_task: Counter[str] = Counter()
+    deliveries: dict[str, int] = {}
+    original = backend.execute
+
+    async def execute(tasks: Iterable[Task], *, on_result: OnResult, **kwargs: Any) -> None:
+        def watch(index: int, result: Result) -> None:
+            meta = result.metadata or {}
+            results_per_task[result.task_id] += 1
+            deliveries[result.task_id] = int(meta.get("deliveries", 1))
+            # Stop the victim right after its first result: it holds other tasks by then.
+            if meta.get("worker") == victim.id and not stopped:
+                stopped.append(result.task_id)
+                victim.proc.send_signal(sig)
+            on_result(index, result)
+
+        await original(tasks, on_result=watch, **kwargs)
+
+    backend.execute = execute  # type: ignore[method-assign]
+    store = await Store.open(f"sqlite:///{tmp_path / 'runs.db'}")
+    try:
+        async with registry, Engine(registry, backend=backend, store=store) as engine:
+            await wait_for_workers(backend, {victim.id, survivor.id})
+            result = await asyncio.wait_for(
+                engine.run(engine.load(pipeline), {"items": list(range(n))}), 90
+            )
+        data = result.to_dict()
+        assert data["status"] == "succeeded", data
+        assert data["stages"]["work"]["output"] == list(range(n))
+        recorded = await store.finished_tasks(data["run_id"], "work")
+    finally:
+        await store.close()
+    assert stopped, "the victim never produced a result, so it was never stopped"
+    code = await asyncio.to_thread(victim.proc.wait, 30)
+    assert sorted(recorded) == list(range(n))
+    assert all(r.success and r.output == i for i, r in recorded.items())
+    assert set(results_per_task.values()) == {1}  # each task reported to the engine once
+    executed = Counter(int(x) for x in record.read_text().split())
+    assert set(executed) == set(range(n))
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        redelivered = [tid for tid, d in deliveries.items() if d > 1]
+        assert redelivered, "no task was redelivered after the kill"
+        assert {backend.ran_on[tid] for tid in redelivered} == {survivor.id}
+    else:
+        assert code == 0
+        assert max(executed.values()) == 1  # a graceful stop runs nothing twice

@@ -20,7 +20,7 @@ async def test_given_logging_when_a_task_is_retried_then_each_attempt_logs_ids_a
     make_registry: MakeRegistry, step_clock: StepClock, tmp_path: Path
 ) -> None:
     stream = io.StringIO()
-    configure_logging(json=True, level="info", stream=stream)
+    configure_logging(json=True, level="debug", stream=stream)
     registry, _ = make_registry(
         {"*": {"logging": True}, "python": {"retry": {"max_attempts": 2, "initial_delay": 0}}},
         executors={"python": {"pass_context": True}},
@@ -62,6 +62,14 @@ async def test_given_logging_when_a_task_is_retried_then_each_attempt_logs_ids_a
         assert event["stage"] == "stage-x"
         assert event["executor"] == "python"
     failed = attempts[1]
+    # At info level only the end of each attempt is logged.
+    quiet = io.StringIO()
+    configure_logging(json=True, level="info", stream=quiet)
+    registry, _ = make_registry({"*": {"logging": True}}, secrets={"API_KEY": SECRET})
+    async with registry:
+        await registry.execute(leak, Context(leak.id, "run-8", "stage-y", secrets=registry.secrets))
+    events = [json.loads(line)["event"] for line in quiet.getvalue().splitlines()]
+    assert [e for e in events if e.startswith("attempt.")] == ["attempt.end"]
     assert failed["error"] == "bad key *** 1"
     assert failed["error_type"] == "RetryableError"
     assert failed["duration"] >= 0
