@@ -31,7 +31,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from workplex.errors import StoreError
+from workplex.errors import MissingExtraError, StoreError
 from workplex.executor import ErrorInfo, Metrics, Result
 from workplex.store import schema as t
 from workplex.store.migrations import migrate
@@ -264,7 +264,11 @@ class Store:
                 _sqlite_setup(engine, busy_timeout)
             else:
                 engine = create_async_engine(target, pool_size=5, max_overflow=5)
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
+        except ImportError as exc:
+            # The driver of a PostgreSQL store is an extra: say which pip install adds it.
+            missing = MissingExtraError("postgres", exc.name or "asyncpg", "a PostgreSQL store")
+            raise StoreError(f"store {redact(target)}: {missing}") from exc
+        except (SQLAlchemyError, ValueError) as exc:
             raise StoreError(f"store {redact(target)}: {exc}") from exc
         store = cls(
             engine,
