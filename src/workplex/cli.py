@@ -115,10 +115,15 @@ def run_async(coro: Any) -> Any:
 # ---- exec ------------------------------------------------------------------------------
 @app.command("exec")
 def exec_(
-    executor: Annotated[str, typer.Argument(help="Executor type, e.g. command, http, echo.")],
+    executor: Annotated[
+        str, typer.Argument(metavar="EXECUTOR", help="Executor type, e.g. command, http, echo.")
+    ],
     input: Annotated[
         str,
-        typer.Option("--input", "-i", help="The payload as JSON, or @file.json (@- for stdin)."),
+        typer.Option(
+            "--input", "-i", metavar="JSON|@FILE",
+            help="The payload as JSON, or @file.json (@- for stdin).",
+        ),
     ] = "{}",
     as_json: Annotated[bool, typer.Option("--json", help="Print the Result as JSON.")] = False,
 ) -> None:
@@ -152,6 +157,7 @@ def exec_(
 
 def _print_result(result: Result, registry: Registry) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.pretty import Pretty
     from rich.table import Table
@@ -165,7 +171,8 @@ def _print_result(result: Result, registry: Registry) -> None:
     if result.exit_code is not None:
         table.add_row("exit code", str(result.exit_code))
     if result.error is not None:
-        table.add_row("error", f"{result.error.type}: {result.error.message}")
+        # Messages are plain text: "[http]" in a pip command is not rich markup.
+        table.add_row("error", escape(f"{result.error.type}: {result.error.message}"))
     if result.metrics is not None:
         m = result.metrics
         table.add_row("duration", f"{m.duration * 1000:.1f} ms  (attempts: {m.attempts})")
@@ -212,7 +219,8 @@ def executors_(
 @app.command("schema")
 def schema(
     executor: Annotated[
-        str | None, typer.Argument(help="One executor; without it, all of them.")
+        str | None,
+        typer.Argument(metavar="EXECUTOR", help="One executor; without it, all of them."),
     ] = None,
     pipeline: Annotated[
         bool, typer.Option("--pipeline", help="One JSON Schema for pipeline files.")
@@ -331,6 +339,7 @@ def parse_inputs(pairs: list[str], inputs_file: str | None) -> dict[str, Any]:
 def summarize_run(data: dict[str, Any]) -> None:
     """Print a run's outcome as a readable table."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     colors = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "paused": "cyan"}
@@ -350,7 +359,7 @@ def summarize_run(data: dict[str, Any]) -> None:
         note = st.get("error") or (st.get("info") or {}).get("reason") or ""
         color = colors.get(st["status"], "white")
         table.add_row(
-            name, f"[{color}]{st['status']}[/]", count, f"{dur:.2f}s" if dur else "-", str(note)
+            name, f"[{color}]{st['status']}[/]", count, f"{dur:.2f}s" if dur else "-", escape(str(note))
         )
     console = Console()
     console.print(table)
@@ -358,27 +367,30 @@ def summarize_run(data: dict[str, Any]) -> None:
     if data.get("duration") is not None:
         line += f" in {data['duration']:.2f}s"
     if data.get("error") and status != "paused":
-        line += f": {data['error']}"
+        line += f": {escape(str(data['error']))}"
     console.print(line)
     if status == "paused":
+        paused = [n for n, st in data["stages"].items() if st.get("status") == "paused"]
+        where = paused[0] if len(paused) == 1 else "STAGE"
         console.print(
-            f"The run is paused ({data.get('error')}). Continue it with:\n"
-            f"  workplex approve {data['run_id']} STAGE   (or --reject)\n"
+            f"The run is paused ({escape(str(data.get('error')))}). Continue it with:\n"
+            f"  workplex approve {data['run_id']} {where}   (or --reject)\n"
             f"  workplex resume {data['run_id']}"
         )
 
 
-def drive_and_report(coro: Any, run_id: str, as_json: bool) -> NoReturn:
+def drive_and_report(coro: Any, run_id: str, as_json: bool, resumable: bool = True) -> NoReturn:
     """Run ``coro`` (a run or a resume), print the outcome, exit 0 (succeeded or paused) or 1.
 
-    Bad input exits 2; Ctrl-C says how to resume.
+    Bad input exits 2; Ctrl-C says how to resume (when the run is recorded).
     """
     from workplex.errors import WorkplexError
 
     try:
         result = run_async(coro)
     except KeyboardInterrupt:
-        typer.echo(f"run {run_id} cancelled (resume it with: workplex resume {run_id})", err=True)
+        how = f"resume it with: workplex resume {run_id}" if resumable else "not recorded: --no-store"
+        typer.echo(f"run {run_id} cancelled ({how})", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     except WorkplexError as exc:
         fail(str(exc))
@@ -396,6 +408,7 @@ async def drive_with_progress(engine: Any, run_id: str, coro: Any, show: bool) -
 
     if not show:
         return await coro
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     task = asyncio.ensure_future(coro)
@@ -408,22 +421,31 @@ async def drive_with_progress(engine: Any, run_id: str, coro: Any, show: bool) -
         TimeElapsedColumn(),
         transient=False,
     ) as progress:
+
+        def refresh(stages: dict[str, Any]) -> None:
+            for name, st in stages.items():
+                if st.status == "pending" and name not in bars:
+                    continue
+                if name not in bars:
+                    bars[name] = progress.add_task(name, total=None, failed="")
+                done = st.succeeded + st.failed
+                failed = f"[red]{st.failed} failed[/]" if st.failed else ""
+                progress.update(
+                    bars[name], total=st.total or None, completed=done, failed=failed,
+                    # Escaped: "[running]" would otherwise be read as rich markup and vanish.
+                    description=escape(f"{name} [{st.status}]"),
+                )
+                if st.status not in ("pending", "running"):
+                    progress.stop_task(bars[name])  # its clock stops with the stage
+
         while not task.done():
             state = engine.runs.get(run_id)
             if state is not None:
-                for name, run in state.runs.items():
-                    st = run.result
-                    if st.status == "pending" and name not in bars:
-                        continue
-                    if name not in bars:
-                        bars[name] = progress.add_task(name, total=None, failed="")
-                    done = st.succeeded + st.failed
-                    failed = f"[red]{st.failed} failed[/]" if st.failed else ""
-                    progress.update(
-                        bars[name], total=st.total or None, completed=done, failed=failed,
-                        description=f"{name} [{st.status}]",
-                    )
+                refresh({name: run.result for name, run in state.runs.items()})
             await asyncio.wait([task], timeout=0.1)
+        if not task.cancelled() and task.exception() is None:
+            # The run's state is gone once it ends: the last picture comes from its result.
+            refresh(task.result().stages)
     return task.result()
 
 
@@ -446,12 +468,16 @@ BackendOption = Annotated[
     str | None,
     typer.Option(
         "--backend",
+        metavar="BACKEND",
         help="local (default) or nats://HOST:4222 (resume: default the run's own backend).",
         envvar="WORKPLEX_BACKEND",
     ),
 ]
 WaitForWorkersOption = Annotated[
-    float, typer.Option("--wait-for-workers", help="Seconds to wait for workers (nats backend).")
+    float,
+    typer.Option(
+        "--wait-for-workers", metavar="SECONDS", help="Seconds to wait for workers (nats backend)."
+    ),
 ]
 NatsCreds = Annotated[
     str | None,
@@ -487,25 +513,33 @@ def backend_options(
 
 @app.command("run")
 def run(
-    file: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The pipeline file (YAML).")],
     input: Annotated[
         list[str] | None,
-        typer.Option("--input", "-i", help="A run input as NAME=VALUE (repeatable; JSON values ok)."),
+        typer.Option(
+            "--input", "-i", metavar="NAME=VALUE",
+            help="A run input as NAME=VALUE (repeatable; JSON values ok).",
+        ),
     ] = None,
     inputs_file: Annotated[
-        str | None, typer.Option("--inputs-file", help="A YAML/JSON file of run inputs.")
+        str | None,
+        typer.Option("--inputs-file", metavar="FILE", help="A YAML/JSON file of run inputs."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run result as JSON.")] = False,
     backend: BackendOption = None,
     store: Annotated[
         str | None,
-        typer.Option("--store", help="Run store URL (sqlite:///file.db, postgresql://...).", envvar="WORKPLEX_STORE"),
+        typer.Option(
+            "--store", metavar="URL", envvar="WORKPLEX_STORE",
+            help="Run store URL (sqlite:///file.db, postgresql://...).",
+        ),
     ] = None,
     no_store: Annotated[
         bool, typer.Option("--no-store", help="Do not record the run (no resume possible).")
     ] = False,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")
+        int | None,
+        typer.Option("--metrics-port", metavar="PORT", help="Serve Prometheus metrics on this port."),
     ] = None,
     wait_for_workers: WaitForWorkersOption = 0.0,
     nats_creds: NatsCreds = None,
@@ -549,12 +583,12 @@ def run(
             if stop_metrics is not None:
                 stop_metrics.stop()
 
-    drive_and_report(go(), run_id, as_json)
+    drive_and_report(go(), run_id, as_json, resumable=not no_store)
 
 
 @app.command("validate")
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Pipeline files to check.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Pipeline files to check.")],
 ) -> None:
     """Check pipeline files without running them; every problem is listed."""
     from workplex.engine import Engine
@@ -741,16 +775,16 @@ def _secs(value: float | None) -> str:
 
 def parse_age(value: str) -> float:
     """Seconds from ``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (or a plain number of seconds)."""
-    import re
+    from workplex.durations import parse_duration
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value)
-    if not match:
+    try:
+        return parse_duration(value)
+    except ValueError:
         fail(f"--older-than {value!r}: use a number with a unit, e.g. 30d, 12h, 90m, 2w")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return float(match.group(1)) * unit
 
 
 _RUN_COLORS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "paused": "cyan"}
+_RUN_STATUSES = ("pending", "running", "paused", "succeeded", "failed", "cancelled")
 
 
 @app.command("runs")
@@ -764,6 +798,8 @@ def runs_(
     store: StoreOption = None,
 ) -> None:
     """List recorded runs, newest first."""
+    if status is not None and status not in _RUN_STATUSES:
+        fail(f"--status {status!r}: not a run status; use one of {', '.join(_RUN_STATUSES)}")
 
     async def go() -> Any:
         async with _open_store(store) as s:
@@ -831,6 +867,7 @@ def show(
         print_json(data)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -842,7 +879,7 @@ def show(
     head.add_row("pipeline", f"{run.pipeline}" + (f"  ({run.path})" if run.path else ""))
     head.add_row("status", f"[{color}]{run.status}[/]")
     if run.error:
-        head.add_row("error", run.error)
+        head.add_row("error", escape(run.error))
     head.add_row("created", _when(run.created))
     head.add_row("started / ended", f"{_when(run.started)} / {_when(run.ended)}")
     head.add_row("duration", _secs(run.duration))
@@ -869,7 +906,8 @@ def show(
             attempts = f"max {ts.max_attempts}" + (f", {ts.retried} retried" if ts.retried else "")
             avg = f" ({_secs(ts.avg_duration)})"
         table.add_row(
-            name, f"[{stcolor}]{st.status}[/]", counts, attempts, _secs(dur) + avg, st.error or ""
+            name, f"[{stcolor}]{st.status}[/]", counts, attempts, _secs(dur) + avg,
+            escape(st.error or ""),
         )
     console.print(table)
     if failed:
@@ -881,7 +919,7 @@ def show(
             ft.add_row(
                 f["stage"], str(f["index"]), f["executor"], str(f["attempts"]),
                 "" if f["exit_code"] is None else str(f["exit_code"]),
-                f"{err.get('type', '')}: {err.get('message', '')}",
+                escape(f"{err.get('type', '')}: {err.get('message', '')}"),
             )
         console.print(ft)
 
@@ -897,7 +935,10 @@ def logs(
 
     async def go() -> Any:
         async with _open_store(store) as s:
-            await _require_run(s, run_id)
+            found = await _require_run(s, run_id)
+            if stage is not None and stage not in found.stages:
+                names = ", ".join(found.stages) or "none"
+                fail(f"--stage {stage!r}: run {run_id} has no such stage (its stages: {names})")
             return await s.events(run_id, stage=stage)
 
     for e in run_async(go()):
@@ -1081,12 +1122,26 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
+        import importlib
+
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(EXIT_BAD_INPUT if exc.exit_code in (1, 2) else exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        # Newer typer releases raise usage errors from their own vendored copy of click.
+        usage_errors: list[type[BaseException]] = [click.exceptions.ClickException]
+        aborts: list[type[BaseException]] = [click.exceptions.Abort]
+        try:
+            vendored = importlib.import_module("typer._click.exceptions")
+        except ImportError:
+            vendored = None
+        for name, kinds in (("ClickException", usage_errors), ("Abort", aborts)):
+            kind = getattr(vendored, name, None)
+            if isinstance(kind, type) and issubclass(kind, BaseException):
+                kinds.append(kind)
+        if isinstance(exc, tuple(usage_errors)):
+            exc.show()  # type: ignore[attr-defined]
+            code = int(exc.exit_code)  # type: ignore[attr-defined]
+            sys.exit(EXIT_BAD_INPUT if code in (1, 2) else code)
+        if isinstance(exc, tuple(aborts)):
             typer.echo("aborted", err=True)
             sys.exit(130)
         from workplex.errors import WorkplexError

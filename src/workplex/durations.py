@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*$")
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number (seconds) or a string such as ``500ms``, ``1s``, ``2m``, ``1h``, ``7d``."""
+    """Seconds from a number (seconds) or a string such as ``500ms``, ``1s``, ``2m``, ``1h``, ``7d``, ``2w``."""
     if isinstance(value, bool):
         raise ValueError("a duration must be a number of seconds or a string like '500ms'")
     if isinstance(value, int | float):

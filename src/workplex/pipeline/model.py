@@ -39,7 +39,7 @@ OptionalDuration = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*$"},
                 {"type": "null"},
             ],
             "description": "Seconds, or a duration like 500ms, 30s, 2m, 1h.",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -970,7 +971,18 @@ def _sqlite_setup(engine: AsyncEngine, busy_timeout: float) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        # Switching a new file to WAL needs an exclusive lock and SQLite does not apply the
+        # busy timeout to it: when two processes create the same store at once, one of them
+        # gets "database is locked" at once. Retry for as long as the busy timeout allows.
+        give_up = time.monotonic() + busy_timeout
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.02)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 

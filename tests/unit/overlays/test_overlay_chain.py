@@ -174,7 +174,7 @@ def test_given_a_duration_when_parsed_then_it_is_in_seconds(text: Any, seconds: 
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["-1s", "1w", "", True, -3])
+@pytest.mark.parametrize("bad", ["-1s", "1y", "", True, -3])
 def test_given_a_bad_duration_when_parsed_then_it_is_refused(bad: Any) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)

@@ -399,3 +399,81 @@ def test_validate_command_lists_all_problems_and_exits_2(
 
     ok = CliRunner().invoke(app, ["validate", str(good)])
     assert ok.exit_code == 0
+
+
+def test_structural_and_semantic_problems_are_reported_in_one_go(
+    engine: Engine, write: Write
+) -> None:
+    # Bad optional keys (an unknown key, a bad timeout) do not hide the checks against
+    # executors, patterns and needs: the rest of the file is still checked.
+    path = write("""
+        name: many
+        stages:
+          - name: a
+            executor: echoo
+            bogus: 1
+            timeout: soon
+          - name: b
+            mode: scatterx
+            executor: echo
+            needs: [zzz]
+        """)
+    with pytest.raises(PipelineError) as info:
+        engine.load(path)
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    assert str(info.value).startswith("5 problems:")
+    structural = sorted(problems[:2])  # first, in the model's own order
+    assert structural[0].startswith(f"{path}:6: stage 'a': field 'bogus': unknown key")
+    assert structural[1].startswith(f"{path}:7: stage 'a': field 'timeout': invalid duration")
+    for fragment in ("unknown executor 'echoo'", "unknown pattern 'scatterx'", "'zzz'"):
+        assert sum(fragment in p for p in problems[2:]) == 1, (fragment, problems)
+    # pydantic's "Value error, " prefix is not part of the reason.
+    assert not any("Value error" in p for p in problems)
+
+
+def test_a_broken_required_part_stops_at_the_structural_problems(
+    engine: Engine, write: Write
+) -> None:
+    # A stage without a name cannot be checked further: only the structure is reported.
+    path = write("""
+        name: p
+        stages:
+          - executor: echoo
+          - name: b
+            executor: echo
+            timeout: soon
+        """)
+    with pytest.raises(PipelineError) as info:
+        engine.load(path)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"{path}:4: stage #1: field 'name'")
+    assert "timeout" in problems[1]
+
+
+def test_validate_names_a_stage_overlay_problem_once(
+    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKPLEX_CONFIG", raising=False)
+    bad = write(
+        """
+        name: p
+        stages:
+          - name: fetch
+            executor: echo
+            retry: {max_attempts: 0, foo: 1}
+            description: 5
+        """,
+        "bad.yaml",
+    )
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.stderr
+    assert errors[0].startswith(f"error: {bad}:7: stage 'fetch': field 'description'")
+    assert errors[1] == (
+        f"error: {bad}:6: stage 'fetch': retry.max_attempts: Input should be greater than 0; "
+        "retry: unknown option 'foo'"
+    )
