@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import json
 import os
-import sqlite3
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
