@@ -26,3 +26,15 @@ def test_usage_errors_exit_2(args: list[str], reason: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert reason in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_workers_with_no_server_answering_exits_2_naming_the_url() -> None:
+    from tests.support import free_port
+
+    url = f"nats://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "workplex.cli", "workers", "--nats", url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot connect to NATS at {url}" in proc.stderr

@@ -158,6 +158,9 @@ class ConnectOptions:
         )
 
 
+FIRST_CONNECT_TIMEOUT = 10.0
+
+
 async def connect(url: str, options: ConnectOptions | None = None) -> Any:
     """A nats-py client connected to ``url``; ``BackendError`` naming the URL when it fails."""
     nats = _nats()
@@ -184,7 +187,15 @@ async def connect(url: str, options: ConnectOptions | None = None) -> Any:
 
     kwargs["error_cb"] = quiet
     try:
-        return await nats.connect(**kwargs)
+        # Reconnects are unbounded once connected, and nats-py applies that to the first
+        # connection too: bound it, so a wrong URL is an error rather than a hang.
+        async with asyncio.timeout(FIRST_CONNECT_TIMEOUT):
+            return await nats.connect(**kwargs)
+    except TimeoutError as exc:
+        raise BackendError(
+            f"cannot connect to NATS at {url}: no server answered within "
+            f"{FIRST_CONNECT_TIMEOUT:g}s"
+        ) from exc
     except Exception as exc:
         raise BackendError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from exc
 
