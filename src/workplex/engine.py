@@ -289,16 +289,17 @@ class StageRun:
             if secrets is not None:
                 secrets.redact_result(result)
             results[index] = result
+            err = result.error
             if succeeded(result):
                 stage.succeeded += 1
+            elif err is not None and err.type == "RunPaused":
+                # Waiting (an approval), not failed: it runs again when the run resumes.
+                self._pause = err.message
+                if runner is not None:
+                    runner.cancel()
             else:
                 stage.failed += 1
-                err = result.error
-                if err is not None and err.type == "RunPaused":
-                    self._pause = err.message
-                    if runner is not None:
-                        runner.cancel()
-                elif self._failure is None:
+                if self._failure is None:
                     why = err.message if err is not None else f"exit code {result.exit_code}"
                     self._failure = f"task {index} failed: {why}"
                     if self.fail_fast and runner is not None:
@@ -353,15 +354,15 @@ class StageRun:
         if self._secrets is not None:
             self._secrets.redact_result(result)
         self.result.total += 1
-        if self.succeeded(result):
-            self.result.succeeded += 1
-        else:
-            self.result.failed += 1
         store = self._state.engine.store
         if store is not None:
             store.task_done(self.run_id, self.stage.name, index, task.id, task.type, task.payload, result)
         if result.error is not None and result.error.type == "RunPaused":
             raise RunPaused(result.error.message)
+        if self.succeeded(result):
+            self.result.succeeded += 1
+        else:
+            self.result.failed += 1
         if not tolerate and not self.succeeded(result):
             why = result.error.message if result.error else f"exit code {result.exit_code}"
             if self._failure is None:
@@ -638,6 +639,22 @@ class Engine:
             finally:
                 await store.release_lease(result.run_id, self.owner)
 
+    async def _record_stage(self, run_id: str, st: StageResult) -> None:
+        """A stage's final state, and an event for `workplex logs`."""
+        store = self.store
+        event: dict[str, Any] = {
+            "stage": st.name, "status": st.status,
+            "tasks": {"total": st.total, "succeeded": st.succeeded, "failed": st.failed},
+        }
+        if st.error:
+            event["error"] = st.error
+        # The event first: it is only buffered, so it keeps its place before later stages'.
+        await store.event(run_id, "stage.finished", event)
+        await store.stage_update(
+            run_id, st.name, st.status, output=st.output, error=st.error,
+            total=st.total, started=st.started, ended=st.ended,
+        )
+
     async def _renew(self, state: _RunState) -> None:
         store = self.store
         interval = max(0.05, self.lease_ttl / 3)
@@ -672,14 +689,13 @@ class Engine:
                 st.status = "skipped"
                 st.info["reason"] = f"condition {sp.stage.if_} was false"
                 state.scope[name] = None
-                if store is not None:
-                    await store.stage_update(state.result.run_id, name, "skipped")
-                return
+                return  # recorded in the finally below
             st.status = "running"
             st.started = time.time()
             state.started[name].set()
             if store is not None:
                 await store.stage_update(state.result.run_id, name, "running", started=st.started)
+                await store.event(state.result.run_id, "stage.started", {"stage": name})
             try:
                 if self._tracer is None:
                     output = await sp.pattern.run(run)
@@ -719,12 +735,7 @@ class Engine:
             state.started[name].set()
             state.done[name].set()
             if store is not None and st.status != "pending":
-                await asyncio.shield(
-                    store.stage_update(
-                        state.result.run_id, name, st.status, output=st.output, error=st.error,
-                        total=st.total, started=st.started, ended=st.ended,
-                    )
-                )
+                await asyncio.shield(self._record_stage(state.result.run_id, st))
 
 
 def _tracing_provider(registry: Registry) -> Any:
