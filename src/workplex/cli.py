@@ -363,6 +363,15 @@ def summarize_run(data: dict[str, Any]) -> None:
         )
     console = Console()
     console.print(table)
+    last = [n for n, st in data["stages"].items() if st.get("status") == "succeeded"]
+    if status == "succeeded" and last:
+        # The last stage's output is usually what the run was for: show its start.
+        text = json.dumps(data["stages"][last[-1]].get("output"), indent=2, default=str)
+        lines = text.splitlines()
+        if len(lines) > 20:
+            lines = [*lines[:20], f"... ({len(lines) - 20} more lines: --json shows all)"]
+        console.print(f"output of stage {last[-1]!r}:", style="bold")
+        console.print(escape("\n".join(lines)), highlight=False)
     line = f"[{colors.get(status, 'white')}]{status}[/]"
     if data.get("duration") is not None:
         line += f" in {data['duration']:.2f}s"
