@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workplex.backends.jetstream import connect, dumps
 from workplex.backends.local import LocalBackend
-from workplex.backends.nats import NatsBackend, connect, dumps
+from workplex.backends.nats import NatsBackend
 from workplex.executor import Result, Task
 from workplex.registry import Registry
 

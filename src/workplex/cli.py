@@ -657,7 +657,7 @@ def worker_(
     tls_key: TlsKey = None,
 ) -> None:
     """Pull tasks from NATS JetStream for the executors this machine has, until SIGTERM."""
-    from workplex.backends.nats import ConnectOptions, StreamSettings
+    from workplex.backends.jetstream import ConnectOptions, StreamSettings
     from workplex.errors import ConfigError
     from workplex.worker import Worker
 

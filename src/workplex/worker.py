@@ -32,19 +32,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from workplex.backends.nats import (
+from workplex.backends.jetstream import (
+    HEADROOM,
     MSG_ID,
     TASKS_STREAM,
     ConnectOptions,
     Layout,
     StreamSettings,
-    _nats,
     connect,
     dead_letter_loop,
     dumps,
     durable_name,
     ensure_layout,
     get_blob,
+    load_nats,
     loads,
     put_blob,
     task_subject,
@@ -56,7 +57,6 @@ from workplex.registry import Call, run_call
 if TYPE_CHECKING:
     from workplex.registry import Registry
 
-_HEADROOM = 8 * 1024
 _KEY_RE = re.compile(r"[^-/_=.a-zA-Z0-9]")
 
 
@@ -211,7 +211,7 @@ class _ResultSender:
     async def send(self, batch: list[_Outgoing]) -> None:
         worker = self.worker
         layout = worker.layout
-        limit = layout.max_payload - _HEADROOM
+        limit = layout.max_payload - HEADROOM
         groups: dict[str, list[_Outgoing]] = {}
         for entry in batch:
             groups.setdefault(entry.reply, []).append(entry)
@@ -383,7 +383,7 @@ class Worker:
 
     # ---- consumers -----------------------------------------------------------------------
     async def _bind(self) -> None:
-        api = _nats().js.api
+        api = load_nats().js.api
         for name in self.executors:
             durable = durable_name(name)
             await self.layout.js.add_consumer(

@@ -1,29 +1,7 @@
 """The ``nats`` backend: tasks travel over NATS JetStream to ``workplex worker`` processes.
 
-Layout on the server (created idempotently by the controller and by every worker, with
-the settings of :class:`StreamSettings`):
-
-========================  ====================================  ==============================
-name                      subjects                              purpose
-========================  ====================================  ==============================
-``WORKPLEX_TASKS``        ``workplex.tasks.<executor>``         work-queue stream of tasks
-``WORKPLEX_RESULTS``      ``workplex.results.<run>.<stage>``    results, limits retention
-``WORKPLEX_DEAD``         ``workplex.dead.<executor>``          dead letters, limits retention
-``WORKPLEX_ADVISORIES``   ``$JS.EVENT.ADVISORY.CONSUMER.        max-deliveries advisories kept
-                          MAX_DELIVERIES.WORKPLEX_TASKS.*``     until a live party handles them
-``workplex-workers``      KV bucket with a TTL                  live workers and capabilities
-``workplex-payloads``     object store                          payloads/results too large for
-                                                                one message
-========================  ====================================  ==============================
-
-A task message is JSON: ``id``, ``type``, ``payload`` (or ``payload_ref`` into the object
-store), ``metadata``, ``run_id``, ``stage``, ``index``, ``settings`` (the stage's overlay
-settings as canonical JSON text), ``reply`` (the results subject) and ``dispatch`` (its
-``Nats-Msg-Id``: the task id, or ``<task id>#<n>`` when it is dispatched again after
-``n`` failed results). The header makes JetStream drop a task dispatched again (after
-``workplex resume``) inside the duplicate window. A results message is a JSON list of
-``Result.to_dict()`` objects (or ``{"task_id", "ref", "success"}`` for one kept in the
-object store).
+The layout on the server (streams, subjects, message formats) is described in
+:mod:`workplex.backends.jetstream`.
 
 The controller reads a stage's results with one ordered consumer per (run, stage),
 shared by every ``execute`` call of that stage and kept a while after the last one. It
@@ -33,425 +11,52 @@ success is reported without dispatching the task again. The first result per dis
 task is recorded (exactly once). Tasks are published pipelined (see :class:`_Publisher`).
 """
 
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import os
-import re
-import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
 from workplex.backends import Backend, OnResult, Validator
 from workplex.errors import BackendError, MissingExtraError, UnknownExecutorError, ValidationError
-from workplex.executor import ErrorInfo, Result, Task
+from workplex.executor import Result, Task
 
 if TYPE_CHECKING:
     from workplex.registry import Registry
 
-TASKS_STREAM = "WORKPLEX_TASKS"
-RESULTS_STREAM = "WORKPLEX_RESULTS"
-DEAD_STREAM = "WORKPLEX_DEAD"
-ADVISORY_STREAM = "WORKPLEX_ADVISORIES"
-WORKERS_BUCKET = "workplex-workers"
-PAYLOAD_BUCKET = "workplex-payloads"
-DEAD_LETTER_CONSUMER = "workplex-dead-letter"
-MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.*"
-MSG_ID = "Nats-Msg-Id"
-DEAD_LETTER_ERROR = "DeadLetterError"
-
-# Room left for headers and framing when deciding whether a message fits.
-_HEADROOM = 8 * 1024
-_TOKEN_RE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def _nats() -> Any:
-    try:
-        import nats
-        import nats.js.api
-        import nats.js.errors
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingExtraError("nats", "nats-py", "the nats backend") from exc
-    return nats
-
-
-def subject_token(text: str) -> str:
-    """``text`` as one NATS subject token (also a valid consumer name).
-
-    Characters outside ``[A-Za-z0-9_-]`` become ``_`` and a short hash of the original is
-    appended, so two different names never share a token.
-    """
-    token = _TOKEN_RE.sub("_", text)
-    if token != text or not token:
-        token = f"{token}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-    return token
-
-
-def task_subject(executor: str) -> str:
-    return f"workplex.tasks.{subject_token(executor)}"
-
-
-def dead_subject(executor: str) -> str:
-    return f"workplex.dead.{subject_token(executor)}"
-
-
-def results_subject(run_id: str, stage: str) -> str:
-    return f"workplex.results.{subject_token(run_id)}.{subject_token(stage or '-')}"
-
-
-def durable_name(executor: str) -> str:
-    """The durable pull consumer shared by every worker offering ``executor``."""
-    return f"workplex-{subject_token(executor)}"
-
-
-def _json_dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), default=str).encode()
-
-
-try:  # orjson (optional) encodes and decodes several times faster than the json module
-    import orjson as _orjson
-
-    _OPTS = _orjson.OPT_NON_STR_KEYS
-
-    def dumps(data: Any) -> bytes:
-        try:
-            return _orjson.dumps(data, default=str, option=_OPTS)
-        except TypeError:  # e.g. integers beyond 64 bits: the json module handles those
-            return _json_dumps(data)
-
-    loads: Callable[[bytes | str], Any] = _orjson.loads
-except ImportError:  # pragma: no cover - exercised only without orjson
-    dumps = _json_dumps
-    loads = json.loads
-
-
-# ---- connection ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ConnectOptions:
-    """How to reach the NATS server: credentials and TLS, passed through to nats-py.
-
-    Unset fields fall back to ``WORKPLEX_NATS_CREDS``, ``WORKPLEX_NATS_TLS_CA``,
-    ``WORKPLEX_NATS_TLS_CERT`` and ``WORKPLEX_NATS_TLS_KEY``.
-    """
-
-    creds: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    name: str | None = None
-
-    def resolved(self) -> ConnectOptions:
-        env = os.environ.get
-        return ConnectOptions(
-            creds=self.creds or env("WORKPLEX_NATS_CREDS"),
-            tls_ca=self.tls_ca or env("WORKPLEX_NATS_TLS_CA"),
-            tls_cert=self.tls_cert or env("WORKPLEX_NATS_TLS_CERT"),
-            tls_key=self.tls_key or env("WORKPLEX_NATS_TLS_KEY"),
-            name=self.name,
-        )
-
-
-FIRST_CONNECT_TIMEOUT = 10.0
-
-
-async def connect(url: str, options: ConnectOptions | None = None) -> Any:
-    """A nats-py client connected to ``url``; ``BackendError`` naming the URL when it fails."""
-    nats = _nats()
-    opts = (options or ConnectOptions()).resolved()
-    kwargs: dict[str, Any] = {
-        "servers": [url.replace("nats+tls://", "tls://")],
-        "connect_timeout": 5,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
-    }
-    if opts.name:
-        kwargs["name"] = opts.name
-    if opts.creds:
-        kwargs["user_credentials"] = opts.creds
-    if opts.tls_ca or opts.tls_cert or url.startswith(("tls://", "nats+tls://")):
-        ctx = ssl.create_default_context(cafile=opts.tls_ca)
-        if opts.tls_cert:
-            ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
-        kwargs["tls"] = ctx
-
-    async def quiet(exc: Exception) -> None:
-        # Reconnect noise is expected while a server restarts; failures surface as errors.
-        return None
-
-    kwargs["error_cb"] = quiet
-    try:
-        # Reconnects are unbounded once connected, and nats-py applies that to the first
-        # connection too: bound it, so a wrong URL is an error rather than a hang.
-        async with asyncio.timeout(FIRST_CONNECT_TIMEOUT):
-            return await nats.connect(**kwargs)
-    except TimeoutError as exc:
-        raise BackendError(
-            f"cannot connect to NATS at {url}: no server answered within "
-            f"{FIRST_CONNECT_TIMEOUT:g}s"
-        ) from exc
-    except Exception as exc:
-        raise BackendError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from exc
-
-
-# ---- streams, buckets ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class StreamSettings:
-    """How the streams are created. Defaults suit one server; raise ``replicas`` on a cluster."""
-
-    replicas: int = 1
-    storage: str = "file"
-    """``file`` or ``memory``."""
-    task_max_age: float = 7 * 86400.0
-    """Seconds a queued task may wait for a worker before JetStream drops it."""
-    result_max_age: float = 7 * 86400.0
-    """Seconds results (and large objects) are kept, i.e. how long a run can be resumed."""
-    duplicate_window: float = 3600.0
-    """Seconds during which a task published again with the same id is dropped."""
-    worker_ttl: float = 15.0
-    """Seconds a worker's entry lives in the KV bucket without a heartbeat."""
-
-
-@dataclass
-class Layout:
-    """Handles on the streams and buckets, once created."""
-
-    js: Any
-    workers: Any
-    payloads: Any
-    max_payload: int
-
-
-async def _ensure_stream(js: Any, config: Any) -> None:
-    nats = _nats()
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        # Exists with other settings: bring it to ours (immutable fields raise here).
-        try:
-            await js.update_stream(config)
-        except Exception as exc:
-            raise BackendError(
-                f"stream {config.name} exists with settings that cannot be changed: {exc}"
-            ) from exc
-
-
-async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
-    """Create (or update) every stream and bucket; safe to call from many processes."""
-    nats = _nats()
-    api = nats.js.api
-    js = nc.jetstream(publish_async_max_pending=8192)
-    storage = api.StorageType.MEMORY if settings.storage == "memory" else api.StorageType.FILE
-    common = {"storage": storage, "num_replicas": settings.replicas}
-    try:
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=TASKS_STREAM,
-                subjects=["workplex.tasks.>"],
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                max_age=settings.task_max_age,
-                duplicate_window=min(settings.duplicate_window, settings.task_max_age),
-                **common,
-            ),
-        )
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=RESULTS_STREAM,
-                subjects=["workplex.results.>"],
-                retention=api.RetentionPolicy.LIMITS,
-                max_age=settings.result_max_age,
-                duplicate_window=min(settings.duplicate_window, settings.result_max_age),
-                **common,
-            ),
-        )
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=DEAD_STREAM,
-                subjects=["workplex.dead.>"],
-                retention=api.RetentionPolicy.LIMITS,
-                max_age=settings.result_max_age,
-                duplicate_window=min(settings.duplicate_window, settings.result_max_age),
-                **common,
-            ),
-        )
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=ADVISORY_STREAM,
-                subjects=[MAX_DELIVERIES_ADVISORY],
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                max_age=settings.result_max_age,
-                **common,
-            ),
-        )
-        await js.add_consumer(
-            ADVISORY_STREAM,
-            api.ConsumerConfig(
-                durable_name=DEAD_LETTER_CONSUMER,
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=30.0,
-                max_deliver=-1,
-            ),
-        )
-        kv_config = api.KeyValueConfig(
-            bucket=WORKERS_BUCKET,
-            ttl=settings.worker_ttl,
-            history=1,
-            storage=storage,
-            replicas=settings.replicas,
-        )
-        try:
-            workers = await js.create_key_value(kv_config)
-        except nats.js.errors.BadRequestError:
-            workers = await js.key_value(WORKERS_BUCKET)
-        try:
-            payloads = await js.object_store(PAYLOAD_BUCKET)
-        except nats.js.errors.NotFoundError:
-            payloads = await js.create_object_store(
-                PAYLOAD_BUCKET,
-                api.ObjectStoreConfig(
-                    ttl=settings.result_max_age, storage=storage, replicas=settings.replicas
-                ),
-            )
-    except BackendError:
-        raise
-    except Exception as exc:
-        raise BackendError(
-            f"cannot set up JetStream streams (is JetStream enabled? nats-server -js): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    return Layout(js, workers, payloads, int(nc.max_payload or 1024 * 1024))
-
-
-async def put_blob(layout: Layout, name: str, data: bytes) -> None:
-    await layout.payloads.put(name, data)
-
-
-async def get_blob(layout: Layout, name: str) -> bytes:
-    obj = await layout.payloads.get(name)
-    return bytes(obj.data or b"")
-
-
-# ---- live workers --------------------------------------------------------------------------
-async def live_workers(kv: Any, max_age: float | None = None) -> list[dict[str, Any]]:
-    """Every worker entry in the KV bucket (expired ones are dropped by the bucket's TTL)."""
-    nats = _nats()
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
-    found: list[dict[str, Any]] = []
-    now = time.time()
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            continue
-        if not entry.value:
-            continue
-        try:
-            data = json.loads(entry.value)
-        except ValueError:
-            continue
-        if max_age is not None and now - float(data.get("updated", now)) > max_age:
-            continue
-        found.append(data)
-    found.sort(key=lambda w: str(w.get("id")))
-    return found
-
-
-def offered(workers: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Executor name -> ids of the live workers offering it."""
-    by_name: dict[str, list[str]] = {}
-    for worker in workers:
-        for name in worker.get("executors") or {}:
-            by_name.setdefault(name, []).append(str(worker.get("id")))
-    return by_name
-
-
-# ---- dead letters --------------------------------------------------------------------------
-def dead_letter_message(deliveries: int) -> str:
-    return f"delivered {deliveries} times without an acknowledgement (worker died?)"
-
-
-async def handle_dead_letter(layout: Layout, advisory: Any) -> None:
-    """Move a task past its max deliveries to ``workplex.dead.<executor>``, report it failed.
-
-    Every step is idempotent (message ids, a missing task means already handled), so the
-    workers and the controller can all run this on the shared durable consumer.
-    """
-    nats = _nats()
-    js = layout.js
-    try:
-        info = json.loads(advisory.data)
-        seq = int(info["stream_seq"])
-        deliveries = int(info.get("deliveries") or 0)
-    except (ValueError, KeyError, TypeError):
-        await advisory.term()
-        return
-    try:
-        raw = await js.get_msg(TASKS_STREAM, seq)
-    except nats.js.errors.NotFoundError:
-        await advisory.ack()  # handled before, or acked at the last moment
-        return
-    try:
-        task = json.loads(raw.data or b"{}")
-        task_id = str(task["id"])
-        executor = str(task["type"])
-        reply = str(task["reply"])
-        dispatch = str(task.get("dispatch") or task_id)
-    except (ValueError, KeyError, TypeError):
-        await js.delete_msg(TASKS_STREAM, seq)
-        await advisory.ack()
-        return
-    subject = dead_subject(executor)
-    headers = {MSG_ID: f"dead:{dispatch}", "Workplex-Deliveries": str(deliveries)}
-    await js.publish(subject, raw.data or b"", headers=headers)
-    result = Result.failure(
-        ErrorInfo(
-            DEAD_LETTER_ERROR,
-            dead_letter_message(deliveries),
-            False,
-            {"dead_letter_subject": subject, "deliveries": deliveries},
-        ),
-        task_id=task_id,
-        attempts=deliveries,
-    )
-    await js.publish(reply, dumps([result.to_dict()]), headers={MSG_ID: f"dead:{dispatch}"})
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await js.delete_msg(TASKS_STREAM, seq)
-    await advisory.ack()
-
-
-async def dead_letter_loop(layout: Layout, stop: asyncio.Event) -> None:
-    """Handle max-deliveries advisories until ``stop`` is set (runs in controller and workers)."""
-    nats = _nats()
-    sub = await layout.js.pull_subscribe_bind(DEAD_LETTER_CONSUMER, ADVISORY_STREAM)
-    try:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(16, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                return
-            for msg in msgs:
-                try:
-                    await handle_dead_letter(layout, msg)
-                except Exception:  # left unacked: redelivered to whoever is alive
-                    continue
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+from workplex.backends.jetstream import (
+    ADVISORY_STREAM,
+    DEAD_STREAM,
+    HEADROOM,
+    MSG_ID,
+    PAYLOAD_BUCKET,
+    RESULTS_STREAM,
+    TASKS_STREAM,
+    WORKERS_BUCKET,
+    ConnectOptions,
+    Layout,
+    StreamSettings,
+    connect,
+    dead_letter_loop,
+    dumps,
+    durable_name,
+    ensure_layout,
+    get_blob,
+    live_workers,
+    load_nats,
+    loads,
+    offered,
+    put_blob,
+    results_subject,
+    subject_token,
+    task_subject,
+)
 
 
 # ---- the backend ---------------------------------------------------------------------------
@@ -833,7 +438,7 @@ class NatsBackend(Backend):
         layout = self.layout
         publisher = self._publisher
         assert publisher is not None
-        limit_bytes = layout.max_payload - _HEADROOM
+        limit_bytes = layout.max_payload - HEADROOM
         owner = feed.owner
         early = feed.early
         failures = feed.failures
@@ -937,7 +542,7 @@ class NatsBackend(Backend):
         return feed
 
     async def _start_feed(self, feed: _Feed) -> None:
-        nats = _nats()
+        nats = load_nats()
         js = self.layout.js
         try:
             last = await js.get_last_msg(RESULTS_STREAM, feed.subject)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from workplex.backends.nats import DEAD_STREAM, NatsBackend, dead_subject
+from workplex.backends.jetstream import DEAD_STREAM, dead_subject
+from workplex.backends.nats import NatsBackend
 from workplex.config import parse_config
 from workplex.errors import BackendError, ValidationError
 from workplex.executor import Result, Task
