@@ -435,3 +435,25 @@ async def test_custom_block_list_by_path_and_glob(tmp_path: Path) -> None:
         result = await run(reg, command="rm", args=[str(victim)])
         assert result.success and result.exit_code == 0
         assert not victim.exists()
+
+
+def test_the_executor_serves_one_event_loop_after_another_without_leaking_descriptors() -> None:
+    """Finished jobs reach each loop through its own channel; old loops' channels are freed."""
+    import asyncio as aio
+
+    from workplex import Registry, Task
+
+    registry = Registry()
+
+    async def once() -> int | None:
+        result = await registry.execute(Task("command", {"command": "true"}))
+        assert result.success, result.error
+        return result.exit_code
+
+    assert aio.run(once()) == 0  # warm up: threads and the first channel exist now
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        assert aio.run(once()) == 0
+    after = len(os.listdir("/proc/self/fd"))
+    aio.run(registry.shutdown())
+    assert after <= before

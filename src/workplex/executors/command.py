@@ -15,7 +15,9 @@ exits normally, whatever it left running in its group is killed too (``kill_left
 
 Speed: spawning and waiting happen on a small pool of threads (``subprocess.Popen`` with
 ``poll`` on the pipes and a pidfd), which beats asyncio's subprocess transport by a wide
-margin; timeouts and cancellation reach the waiting thread through a wake-up pipe.
+margin; timeouts and cancellation reach the waiting thread through a wake-up pipe, and
+finished runs reach the event loop through one eventfd per loop (not one
+``call_soon_threadsafe`` each).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -152,6 +155,19 @@ SHELL_PATH = "/bin/sh"
 _SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 _CHUNK = 65536
 _HAS_PIDFD = hasattr(os, "pidfd_open")
+_HAS_EVENTFD = hasattr(os, "eventfd")
+_ONE = (1).to_bytes(8, sys.byteorder)  # adds 1 to an eventfd (any byte wakes the pipe fallback)
+_devnull_fd = -1  # one /dev/null for every program without stdin (saves an open+close per spawn)
+_devnull_lock = threading.Lock()
+
+
+def _devnull() -> int:
+    global _devnull_fd
+    if _devnull_fd < 0:
+        with _devnull_lock:
+            if _devnull_fd < 0:
+                _devnull_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull_fd
 
 
 # ---- models -------------------------------------------------------------------------------
@@ -415,6 +431,7 @@ class _Job:
         "argv",
         "cancelled",
         "cap",
+        "channel",
         "cwd",
         "deadline",
         "env",
@@ -452,6 +469,7 @@ class _Job:
         self.grace = grace
         self.kill_leftovers = kill_leftovers
         self.loop = loop
+        self.channel: _Completions | None = None  # set by _Spawner.submit
         self.future: asyncio.Future[None] = loop.create_future()
         self.outcome: tuple[Any, ...] | None = None
         self.cancelled = False
@@ -475,6 +493,96 @@ class _Job:
             self.future.set_result(None)
 
 
+class _Completions:
+    """Finished jobs of one event loop: a queue plus one eventfd (or pipe) the loop watches.
+
+    Cheaper than ``call_soon_threadsafe`` per job (measured in ``benchmarks/core.py``: about
+    25 us less CPU and 4% more spawns per second): no handle, no socket send/recv pair, and
+    one wake-up completes every job finished by then."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.done: queue.SimpleQueue[tuple[_Job, tuple[Any, ...]]] = queue.SimpleQueue()
+        self.lock = threading.Lock()  # guards `closed` against a post racing close()
+        self.closed = False
+        if _HAS_EVENTFD:
+            self.read_fd = self.write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self.read_fd, self.write_fd = os.pipe()
+            os.set_blocking(self.read_fd, False)
+            os.set_blocking(self.write_fd, False)
+        try:
+            loop.add_reader(self.read_fd, self._ready)
+        except BaseException:
+            self._close_fds()
+            raise
+
+    def post(self, job: _Job, outcome: tuple[Any, ...]) -> bool:
+        """From a spawning thread: queue ``job`` for its loop; False if this channel is closed."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.done.put((job, outcome))
+            try:
+                os.write(self.write_fd, _ONE)
+            except BlockingIOError:  # pipe fallback full of wake-ups: the loop is due anyway
+                pass
+            return True
+
+    def _ready(self) -> None:
+        """On the loop: reset the wake-up, then complete every finished job."""
+        try:
+            if _HAS_EVENTFD:
+                os.read(self.read_fd, 8)  # resets the counter
+            else:
+                while os.read(self.read_fd, 4096):
+                    pass
+        except BlockingIOError:
+            pass
+        done = self.done
+        while True:
+            try:
+                job, outcome = done.get_nowait()
+            except queue.Empty:
+                return
+            job.complete(outcome)
+
+    def close(self) -> None:
+        """Stop taking jobs; unregister from the loop (on its thread) and close the fds."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        loop = self.loop
+        if loop.is_closed():
+            self._close_fds()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop or not loop.is_running():
+            self._unregister()
+        else:
+            try:
+                loop.call_soon_threadsafe(self._unregister)
+            except RuntimeError:  # closed meanwhile: nothing watches the fd any more
+                self._close_fds()
+
+    def _unregister(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.read_fd)
+        self._ready()  # jobs posted just before close still hear back
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in {self.read_fd, self.write_fd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class _Spawner:
     """A lazily grown pool of threads that run jobs (like ThreadPoolExecutor, minus the futures)."""
 
@@ -484,8 +592,29 @@ class _Spawner:
         self._max = max_threads
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._channels: dict[asyncio.AbstractEventLoop, _Completions] = {}
+        self._channel: _Completions | None = None  # the last one used (usually the only one)
+
+    def _channel_for(self, loop: asyncio.AbstractEventLoop) -> _Completions | None:
+        channel = self._channel
+        if channel is not None and channel.loop is loop:
+            return channel
+        with self._lock:
+            channel = self._channels.get(loop)
+            if channel is None:
+                for old in [c for c in self._channels.values() if c.loop.is_closed()]:
+                    old.close()  # loops that ended without a shutdown: free their fds
+                    del self._channels[old.loop]
+                try:
+                    channel = _Completions(loop)
+                except (NotImplementedError, OSError):  # no add_reader: call_soon_threadsafe
+                    return None
+                self._channels[loop] = channel
+            self._channel = channel
+        return channel
 
     def submit(self, job: _Job) -> None:
+        job.channel = self._channel_for(job.loop)
         self._queue.put(job)
         with self._lock:
             if self._idle:
@@ -501,6 +630,11 @@ class _Spawner:
             for _ in self._threads:
                 self._queue.put(None)
             self._threads.clear()
+            channels = list(self._channels.values())
+            self._channels.clear()
+            self._channel = None
+        for channel in channels:
+            channel.close()
 
     def _work(self) -> None:
         wake_r, wake_w = os.pipe()
@@ -519,10 +653,13 @@ class _Spawner:
                 # idle thread and start another one.
                 with self._lock:
                     self._idle += 1
-                try:
-                    job.loop.call_soon_threadsafe(job.complete, outcome)
-                except RuntimeError:  # the loop is closed; nobody is waiting
-                    pass
+                channel = job.channel
+                if channel is None or not channel.post(job, outcome):
+                    try:
+                        job.loop.call_soon_threadsafe(job.complete, outcome)
+                    except RuntimeError:  # the loop is closed; nobody is waiting
+                        pass
+                del channel
                 del job
         finally:
             os.close(wake_r)
@@ -600,7 +737,7 @@ def _spawn(job: _Job, stdin: int, stdout: int, stderr: int) -> _Child:
     popen = subprocess.Popen(
         job.argv,
         executable=job.executable,
-        stdin=stdin if stdin >= 0 else subprocess.DEVNULL,
+        stdin=stdin if stdin >= 0 else _devnull(),
         stdout=stdout,
         stderr=stderr,
         cwd=job.cwd,
