@@ -52,7 +52,7 @@ from workplex.backends.jetstream import (
 )
 from workplex.errors import BackendError, ConfigError, ValidationError
 from workplex.executor import Context, Result
-from workplex.registry import Call, run_call
+from workplex.registry import Prepared, run_call
 
 if TYPE_CHECKING:
     from workplex.registry import Registry
@@ -301,7 +301,7 @@ class Worker:
         self.nc: Any = None
         self._layout: Layout | None = None
         self._unacked: dict[int, list[Any]] = {}
-        self._calls: dict[tuple[str, str | None], Call] = {}
+        self._prepared_by: dict[tuple[str, str | None], Prepared] = {}
         self._started = time.time()
         self.completed = 0
 
@@ -403,13 +403,14 @@ class Worker:
             )
 
     # ---- running tasks -------------------------------------------------------------------
-    def _call(self, type_: str, settings: str | None) -> Call:
+    def _prepared(self, type_: str, settings: str | None) -> Prepared:
+        """The executor, validator and overlay chain for tasks of one type and settings."""
         key = (type_, settings)
-        call = self._calls.get(key)
-        if call is None:
+        prepared = self._prepared_by.get(key)
+        if prepared is None:
             parsed = json.loads(settings) if settings else None
-            call = self._calls[key] = self.registry.call_for(type_, parsed, key=settings)
-        return call
+            prepared = self._prepared_by[key] = self.registry.prepare(type_, parsed, key=settings)
+        return prepared
 
     async def _runner(self, sender: _ResultSender) -> None:
         queue = self.queue
@@ -453,8 +454,8 @@ class Worker:
         else:
             payload = task.get("payload")
         try:
-            entry = registry._entry(type_)
-            model = entry.cls.Input.model_validate(payload)
+            prepared = self._prepared(type_, task.get("settings"))
+            model = prepared.validate(payload)
         except PydanticValidationError as exc:
             bad = Result.failure(ValidationError.from_pydantic(type_, exc), task_id=tid)
             bad.metadata = meta
@@ -465,9 +466,9 @@ class Worker:
             bad.metadata = meta
             sender.add(reply, tid, dispatch, bad, msg, term=True)
             return
-        if not entry.started:
+        if not prepared.started:
             try:
-                await registry.start(type_)
+                await prepared.start()
             except Exception:
                 # The executor cannot run here right now: another worker (or a later try) may.
                 self.untrack(msg)
@@ -479,12 +480,11 @@ class Worker:
             str(task.get("stage", "")),
             1,
             None,
-            entry.config,
+            prepared.config,
             registry.secrets,
             task.get("metadata") or {},
         )
-        call = self._call(type_, task.get("settings"))
-        result = await run_call(entry.executor, call, model, ctx, tid)
+        result = await run_call(prepared.executor, prepared.call, model, ctx, tid)
         result.metadata = {**result.metadata, **meta} if result.metadata else meta
         self.completed += 1
         sender.add(reply, tid, dispatch, result, msg)

@@ -132,9 +132,8 @@ class LocalBackend(Backend):
         """Hand a batch to an executor that supports batches, else run it item by item."""
         registry = self.registry
         type_ = chunk[0][1].type
-        entry = registry._entries.get(type_)
-        same_type = all(t.type == type_ for _, t in chunk)
-        if entry is None or not entry.cls.capabilities.batch or not same_type:
+        batches = type_ in registry and registry.executor_class(type_).capabilities.batch
+        if not batches or not all(t.type == type_ for _, t in chunk):
             for index, task in chunk:
                 await one(index, task)
             return
