@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from workplex.config import Config
     from workplex.executor import Result
     from workplex.registry import Registry
 
@@ -458,18 +459,23 @@ async def drive_with_progress(engine: Any, run_id: str, coro: Any, show: bool) -
     return task.result()
 
 
-async def open_store_or_none(store_url: str | None, no_store: bool, registry: Registry) -> Any:
-    """The run store for this command: --store, $WORKPLEX_STORE, config `store:`, or the
-    per-user default file (None with --no-store). A bad URL exits 2."""
-    if no_store:
-        return None
+async def open_store(url: str | None, config: Config) -> Any:
+    """The run store named by --store / $WORKPLEX_STORE / config `store:` / the per-user
+    default file, with the config's output cap. A bad URL exits 2."""
     from workplex.errors import StoreError
-    from workplex.store import Store
+    from workplex.store import Store, resolve_url
 
     try:
-        return await Store.open(store_url or registry.config.store)
+        return await Store.open(
+            resolve_url(url, config.store), max_output_bytes=config.store_max_output_bytes
+        )
     except StoreError as exc:
         fail(str(exc))
+
+
+async def open_store_or_none(store_url: str | None, no_store: bool, registry: Registry) -> Any:
+    """The run store for ``run`` (None with --no-store)."""
+    return None if no_store else await open_store(store_url, registry.config)
 
 
 # ---- backend options shared by run, resume and approve --resume ----------------------------
@@ -751,17 +757,13 @@ def _open_store(url: str | None) -> Any:
     @contextlib.asynccontextmanager
     async def opened() -> Any:
         from workplex.config import load_config
-        from workplex.errors import ConfigError, StoreError
-        from workplex.store import Store, resolve_url
+        from workplex.errors import ConfigError
 
         try:
-            configured = load_config(State.config_path).store
+            config = load_config(State.config_path)
         except ConfigError as exc:
             fail(str(exc))
-        try:
-            store = await Store.open(resolve_url(url, configured))
-        except StoreError as exc:
-            fail(str(exc))
+        store = await open_store(url, config)
         try:
             yield store
         finally:

@@ -49,6 +49,10 @@ class Config(BaseModel):
     patterns: dict[str, dict[str, Any]] = Field(default_factory=dict)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     store: str | None = None
+    """Run store URL (``--store`` and ``$WORKPLEX_STORE`` win)."""
+    store_max_output_bytes: int | None = Field(default=None, gt=0)
+    """Cap on one stored output (JSON bytes); larger ones are truncated with a marker.
+    Default: ``$WORKPLEX_STORE_MAX_OUTPUT`` or 1 MiB."""
     source: str = Field(default="(defaults)", exclude=True)
 
     @field_validator("max_security", mode="before")
