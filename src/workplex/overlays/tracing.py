@@ -107,51 +107,37 @@ class Tracing(Overlay):
         return get_tracer(chain.tracer_provider)
 
     def wrap(self, next: Call, executor: str, config: TracingConfig) -> Call:
-        tracer = self._tracer(config)
-
-        async def trace_task(input: Any, ctx: Context) -> Any:
-            attrs = {
-                "workplex.executor": executor,
-                "workplex.run_id": ctx.run_id,
-                "workplex.stage": ctx.stage,
-                "workplex.task_id": ctx.task_id,
-            }
-            with tracer.start_as_current_span("workplex.task", attributes=attrs) as span:
-                outcome = "failed"
-                try:
-                    out = await next(input, ctx)
-                    outcome = "success"
-                    return out
-                except asyncio.CancelledError:
-                    outcome = "cancelled"
-                    raise
-                finally:
-                    span.set_attribute("workplex.outcome", outcome)
-                    span.set_attribute("workplex.attempts", ctx.attempt)
-
-        return trace_task
+        return _spanned(next, self._tracer(config), "workplex.task", executor, attempt=False)
 
     def wrap_attempt(self, next: Call, executor: str, config: TracingConfig) -> Call:
-        tracer = self._tracer(config)
+        return _spanned(next, self._tracer(config), "workplex.attempt", executor, attempt=True)
 
-        async def trace_attempt(input: Any, ctx: Context) -> Any:
-            attrs = {
-                "workplex.executor": executor,
-                "workplex.run_id": ctx.run_id,
-                "workplex.stage": ctx.stage,
-                "workplex.task_id": ctx.task_id,
-                "workplex.attempt": ctx.attempt,
-            }
-            with tracer.start_as_current_span("workplex.attempt", attributes=attrs) as span:
-                outcome = "failed"
-                try:
-                    out = await next(input, ctx)
-                    outcome = "success"
-                    return out
-                except asyncio.CancelledError:
-                    outcome = "cancelled"
-                    raise
-                finally:
-                    span.set_attribute("workplex.outcome", outcome)
 
-        return trace_attempt
+def _spanned(next: Call, tracer: Any, name: str, executor: str, *, attempt: bool) -> Call:
+    """``next`` inside a span ``name`` carrying the task's ids and, at the end, its outcome
+    (and, on the task span, how many attempts it took)."""
+
+    async def traced(input: Any, ctx: Context) -> Any:
+        attrs: dict[str, str | int] = {
+            "workplex.executor": executor,
+            "workplex.run_id": ctx.run_id,
+            "workplex.stage": ctx.stage,
+            "workplex.task_id": ctx.task_id,
+        }
+        if attempt:
+            attrs["workplex.attempt"] = ctx.attempt
+        with tracer.start_as_current_span(name, attributes=attrs) as span:
+            outcome = "failed"
+            try:
+                out = await next(input, ctx)
+                outcome = "success"
+                return out
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                span.set_attribute("workplex.outcome", outcome)
+                if not attempt:
+                    span.set_attribute("workplex.attempts", ctx.attempt)
+
+    return traced
