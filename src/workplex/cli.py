@@ -657,6 +657,18 @@ def worker_(
     storage: Annotated[
         str, typer.Option("--storage", help="Stream storage when creating: file or memory.")
     ] = "file",
+    redeliver_retryable: Annotated[
+        bool,
+        typer.Option(
+            "--redeliver-retryable/--no-redeliver-retryable",
+            help="Hand a task that failed with a retryable error back for another delivery "
+            "(until --max-deliver), instead of reporting the failure at once.",
+        ),
+    ] = True,
+    nak_delay: Annotated[
+        float,
+        typer.Option("--nak-delay", metavar="SECONDS", help="Delay before a handed-back task is redelivered."),
+    ] = 5.0,
     nats_creds: NatsCreds = None,
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
@@ -681,6 +693,8 @@ def worker_(
             ack_wait=ack_wait,
             max_deliver=max_deliver,
             fetch_batch=fetch_batch,
+            nak_delay=nak_delay,
+            redeliver_retryable=redeliver_retryable,
             connect_options=ConnectOptions(nats_creds, tls_ca, tls_cert, tls_key),
             stream_settings=StreamSettings(replicas=replicas, storage=storage),
         )

@@ -7,10 +7,13 @@ goes only where the capability is, and workers of one type share it.
 
 Per task: decode, validate with the executor's Input model, run through the same overlays
 (``registry.call_for(type, settings)``), publish the Result to the run's results subject,
-wait for JetStream's publish ack, then ack the task. A Result is final, success or failure
-(retries already happened inside the overlays). A payload that cannot be processed (bad
-JSON, invalid input) is reported failed and terminated (``term``); a task whose executor
-cannot start at all is handed back with a delayed ``nak``. Long tasks send in-progress
+wait for JetStream's publish ack, then ack the task. A failure whose error is retryable
+(after the overlays' own retries here) is handed back with a delayed ``nak`` (the error's
+``retry_after``, else ``--nak-delay``) for another delivery, maybe on another worker, until
+the last allowed delivery, which reports it; other failures are final. A payload that
+cannot be processed (bad JSON, invalid input) is reported failed and terminated
+(``term``); a task whose executor cannot start at all is handed back with a delayed
+``nak``. Long tasks send in-progress
 acks, so the ack wait only has to cover a dead worker, not a slow task.
 
 SIGTERM: stop pulling, hand back queued tasks, finish running ones within ``grace``
@@ -274,6 +277,7 @@ class Worker:
         fetch_batch: int = 256,
         pull_expires: float = 1.0,
         nak_delay: float = 5.0,
+        redeliver_retryable: bool = True,
         connect_options: ConnectOptions | None = None,
         stream_settings: StreamSettings | None = None,
     ) -> None:
@@ -292,6 +296,8 @@ class Worker:
         self.fetch_batch = max(1, fetch_batch)
         self.pull_expires = pull_expires
         self.nak_delay = nak_delay
+        self.redeliver_retryable = redeliver_retryable
+        self.redelivered = 0
         self.connect_options = connect_options or ConnectOptions(name=f"workplex-worker {self.id}")
         self.stream_settings = stream_settings or StreamSettings()
         self.executors = self._choose(executors)
@@ -485,6 +491,21 @@ class Worker:
             task.get("metadata") or {},
         )
         result = await run_call(prepared.executor, prepared.call, model, ctx, tid)
+        err = result.error
+        if (
+            err is not None
+            and err.retryable
+            and self.redeliver_retryable
+            and deliveries < self.max_deliver
+        ):
+            # A transient failure (after the overlays' own retries here): hand the task
+            # back for another delivery, maybe on another worker; the last delivery reports.
+            retry_after = (err.details or {}).get("retry_after")
+            delay = float(retry_after) if isinstance(retry_after, int | float) else self.nak_delay
+            self.untrack(msg)
+            self.redelivered += 1
+            await msg.nak(delay=delay)
+            return
         result.metadata = {**result.metadata, **meta} if result.metadata else meta
         self.completed += 1
         sender.add(reply, tid, dispatch, result, msg)

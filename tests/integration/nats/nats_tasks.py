@@ -29,3 +29,14 @@ def fail_once(marker: str) -> str:
         path.write_text("failed once\n")
         raise RuntimeError("first attempt fails")
     return "ok"
+
+
+def fail_once_retryable(marker: str) -> str:
+    """Fails with a retryable error the first time (creating ``marker``), then succeeds."""
+    from workplex.errors import RetryableError
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once\n")
+        raise RetryableError("the service is busy, try again")
+    return "ok"

@@ -224,3 +224,21 @@ async def test_graceful_shutdown_loses_nothing(
     assert executed == list(range(30))  # nothing lost, nothing run twice
     by_worker = {r[0].metadata["worker"] for r in got.values() if r[0].metadata}
     assert by_worker == {"leaving", "staying"}
+
+
+async def test_a_retryable_failure_is_handed_back_and_redelivered(
+    nats_url: str, workers: StartWorker, tmp_path: Path
+) -> None:
+    workers("redeliver", "--executors", "python", "--nak-delay", "0.2")
+    rid = run_id("redeliver")
+    marker = tmp_path / "busy-once"
+    task = py_task(rid, 0, "fail_once_retryable", marker=str(marker))
+    registry = Registry()
+    async with NatsBackend(registry, nats_url) as backend:
+        await wait_for_workers(backend, {"redeliver"})
+        got = await run_tasks(backend, [task], rid)
+    [result] = got[0]
+    assert result.success, result.error
+    assert result.output == "ok"
+    assert marker.exists()
+    assert (result.metadata or {}).get("deliveries") == 2
