@@ -242,3 +242,20 @@ async def test_a_retryable_failure_is_handed_back_and_redelivered(
     assert result.output == "ok"
     assert marker.exists()
     assert (result.metadata or {}).get("deliveries") == 2
+
+
+async def test_payloads_and_results_above_the_message_limit_travel_through_the_object_store(
+    nats_url: str, workers: StartWorker
+) -> None:
+    workers("big", "--executors", "echo")
+    rid = run_id("big")
+    registry = Registry()
+    async with NatsBackend(registry, nats_url) as backend:
+        limit = backend.layout.max_payload
+        big = "x" * (limit + 100_000)  # cannot fit in one message, either way
+        task = Task("echo", {"data": big, "n": 7}, id=f"{rid}:s:0")
+        await wait_for_workers(backend, {"big"})
+        got = await run_tasks(backend, [task], rid)
+    [result] = got[0]
+    assert result.success, result.error
+    assert result.output == {"data": big, "n": 7}
