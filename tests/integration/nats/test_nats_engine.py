@@ -31,6 +31,27 @@ StartWorker = Callable[..., WorkerProcess]
 HERE = Path(__file__).parent
 
 
+def slow_scatter(path: Path, name: str, seconds: float, record: Path) -> Path:
+    """A pipeline file: a scatter of ``nats_tasks:slow`` over ``$.trigger.items``."""
+    path.write_text(
+        f"""
+name: {name}
+inputs:
+  items: {{type: array}}
+stages:
+  - name: work
+    mode: scatter
+    executor: python
+    scatter: {{input: $.trigger.items, as: i}}
+    input:
+      function: nats_tasks:slow
+      kwargs: {{i: $.i, seconds: {seconds}, record: {json.dumps(str(record))}}}
+    config: {{max_parallel: 40}}
+"""
+    )
+    return path
+
+
 class SpyingBackend(NatsBackend):
     """The real nats backend, keeping which worker produced each task's result."""
 
@@ -148,23 +169,7 @@ def test_controller_sigkill_then_resume_on_the_nats_backend(
     record = tmp_path / "executions.txt"
     record.touch()
     n = 300
-    pipeline = tmp_path / "scatter.yaml"
-    pipeline.write_text(
-        f"""
-name: nats-resume
-inputs:
-  items: {{type: array}}
-stages:
-  - name: work
-    mode: scatter
-    executor: python
-    scatter: {{input: $.trigger.items, as: i}}
-    input:
-      function: nats_tasks:slow
-      kwargs: {{i: $.i, seconds: 0.02, record: {json.dumps(str(record))}}}
-    config: {{max_parallel: 40}}
-"""
-    )
+    pipeline = slow_scatter(tmp_path / "scatter.yaml", "nats-resume", 0.02, record)
     db = tmp_path / "runs.db"
     store = f"sqlite:///{db}"
     env = dict(os.environ)
@@ -225,23 +230,7 @@ async def test_engine_scatter_survives_a_worker_stopped_mid_run(
     record = tmp_path / "executions.txt"
     record.touch()
     n = 40
-    pipeline = tmp_path / "scatter.yaml"
-    pipeline.write_text(
-        f"""
-name: nats-worker-stopped
-inputs:
-  items: {{type: array}}
-stages:
-  - name: work
-    mode: scatter
-    executor: python
-    scatter: {{input: $.trigger.items, as: i}}
-    input:
-      function: nats_tasks:slow
-      kwargs: {{i: $.i, seconds: 0.3, record: {json.dumps(str(record))}}}
-    config: {{max_parallel: 40}}
-"""
-    )
+    pipeline = slow_scatter(tmp_path / "scatter.yaml", "nats-worker-stopped", 0.3, record)
     registry = Registry()
     backend = SpyingBackend(registry, nats_url)
     stopped: list[str] = []
