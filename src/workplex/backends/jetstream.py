@@ -334,19 +334,25 @@ async def get_blob(layout: Layout, name: str) -> bytes:
 
 
 # ---- live workers --------------------------------------------------------------------------
-async def live_workers(kv: Any, max_age: float | None = None) -> list[dict[str, Any]]:
-    """Every worker entry in the KV bucket (expired ones are dropped by the bucket's TTL)."""
+async def live_workers(
+    js: Any, kv: Any, max_age: float | None = None
+) -> list[dict[str, Any]]:
+    """Every worker entry in the KV bucket (expired ones are dropped by the bucket's TTL).
+
+    Keys are listed from the bucket stream's subject counts, not with ``kv.keys()``: that
+    one runs an ordered consumer that can report "no keys" while the first entries are
+    still in flight, which made a live fleet look empty now and then.
+    """
     nats = load_nats()
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    prefix = f"$KV.{WORKERS_BUCKET}."
+    info = await js.stream_info(f"KV_{WORKERS_BUCKET}", subjects_filter=f"{prefix}>")
+    subjects = info.state.subjects or {}
     found: list[dict[str, Any]] = []
     now = time.time()
-    for key in keys:
+    for subject in subjects:
         try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+            entry = await kv.get(subject[len(prefix) :])
+        except nats.js.errors.KeyNotFoundError:  # deleted or purged since the listing
             continue
         if not entry.value:
             continue

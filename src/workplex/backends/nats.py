@@ -297,7 +297,7 @@ class NatsBackend(Backend):
     # ---- workers and validation ----------------------------------------------------------
     async def workers(self) -> list[dict[str, Any]]:
         """The live workers with their capabilities (also refreshes the schema cache)."""
-        self._workers = await live_workers(self.layout.workers)
+        self._workers = await live_workers(self.layout.js, self.layout.workers)
         self._schemas.clear()
         return self._workers
 
