@@ -54,7 +54,7 @@ def _main(
         typer.Option(
             "--config",
             "-c",
-            help="Config file (default: $WORKPLEX_CONFIG, then ./workplex.yaml).",
+            metavar="FILE", help="Config file (default: $WORKPLEX_CONFIG, then ./workplex.yaml).",
             envvar="WORKPLEX_CONFIG",
         ),
     ] = None,
@@ -224,7 +224,7 @@ def schema(
         typer.Argument(metavar="EXECUTOR", help="One executor; without it, all of them."),
     ] = None,
     pipeline: Annotated[
-        bool, typer.Option("--pipeline", help="One JSON Schema for pipeline files.")
+        bool, typer.Option("--pipeline", metavar="NAME", help="One JSON Schema for pipeline files.")
     ] = False,
 ) -> None:
     """Print JSON Schemas: of one executor's input/output, of all, or of pipeline files."""
@@ -496,18 +496,18 @@ WaitForWorkersOption = Annotated[
 ]
 NatsCreds = Annotated[
     str | None,
-    typer.Option("--nats-creds", help="NATS credentials file (.creds).", envvar="WORKPLEX_NATS_CREDS"),
+    typer.Option("--nats-creds", metavar="FILE", help="NATS credentials file (.creds).", envvar="WORKPLEX_NATS_CREDS"),
 ]
 TlsCa = Annotated[
     str | None,
-    typer.Option("--tls-ca", help="CA bundle for a TLS NATS server.", envvar="WORKPLEX_NATS_TLS_CA"),
+    typer.Option("--tls-ca", metavar="FILE", help="CA bundle for a TLS NATS server.", envvar="WORKPLEX_NATS_TLS_CA"),
 ]
 TlsCert = Annotated[
     str | None,
-    typer.Option("--tls-cert", help="Client certificate (mTLS).", envvar="WORKPLEX_NATS_TLS_CERT"),
+    typer.Option("--tls-cert", metavar="FILE", help="Client certificate (mTLS).", envvar="WORKPLEX_NATS_TLS_CERT"),
 ]
 TlsKey = Annotated[
-    str | None, typer.Option("--tls-key", help="Client key (mTLS).", envvar="WORKPLEX_NATS_TLS_KEY")
+    str | None, typer.Option("--tls-key", metavar="FILE", help="Client key (mTLS).", envvar="WORKPLEX_NATS_TLS_KEY")
 ]
 
 
@@ -627,7 +627,7 @@ def validate(
 
 # ---- worker / workers (NATS) ----------------------------------------------------------------
 NatsUrl = Annotated[
-    str, typer.Option("--nats", help="NATS server URL.", envvar="WORKPLEX_NATS_URL")
+    str, typer.Option("--nats", metavar="URL", help="NATS server URL.", envvar="WORKPLEX_NATS_URL")
 ]
 
 
@@ -635,27 +635,27 @@ NatsUrl = Annotated[
 def worker_(
     nats: NatsUrl = "nats://127.0.0.1:4222",
     concurrency: Annotated[
-        int, typer.Option("--concurrency", help="Tasks run at once by this worker.")
+        int, typer.Option("--concurrency", metavar="N", help="Tasks run at once by this worker.")
     ] = 16,
     executors: Annotated[
         str | None,
-        typer.Option("--executors", help="Offer only these executors (comma-separated)."),
+        typer.Option("--executors", metavar="NAMES", help="Offer only these executors (comma-separated)."),
     ] = None,
-    worker_id: Annotated[str | None, typer.Option("--id", help="Worker id (default host-pid).")] = None,
+    worker_id: Annotated[str | None, typer.Option("--id", metavar="ID", help="Worker id (default host-pid).")] = None,
     grace: Annotated[
-        float, typer.Option("--grace", help="Seconds to finish running tasks on SIGTERM.")
+        float, typer.Option("--grace", metavar="SECONDS", help="Seconds to finish running tasks on SIGTERM.")
     ] = 30.0,
-    heartbeat: Annotated[float, typer.Option("--heartbeat", help="Seconds between heartbeats.")] = 5.0,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", metavar="SECONDS", help="Seconds between heartbeats.")] = 5.0,
     ack_wait: Annotated[
-        float, typer.Option("--ack-wait", help="Seconds before a silent task is redelivered.")
+        float, typer.Option("--ack-wait", metavar="SECONDS", help="Seconds before a silent task is redelivered.")
     ] = 30.0,
     max_deliver: Annotated[
-        int, typer.Option("--max-deliver", help="Deliveries before a task is dead-lettered.")
+        int, typer.Option("--max-deliver", metavar="N", help="Deliveries before a task is dead-lettered.")
     ] = 5,
-    fetch_batch: Annotated[int, typer.Option("--fetch-batch", help="Tasks per pull request.")] = 256,
-    replicas: Annotated[int, typer.Option("--replicas", help="Stream replicas (cluster).")] = 1,
+    fetch_batch: Annotated[int, typer.Option("--fetch-batch", metavar="N", help="Tasks per pull request.")] = 256,
+    replicas: Annotated[int, typer.Option("--replicas", metavar="N", help="Stream replicas (cluster).")] = 1,
     storage: Annotated[
-        str, typer.Option("--storage", help="Stream storage when creating: file or memory.")
+        str, typer.Option("--storage", metavar="KIND", help="Stream storage when creating: file or memory.")
     ] = "file",
     redeliver_retryable: Annotated[
         bool,
@@ -758,7 +758,7 @@ StoreOption = Annotated[
     str | None,
     typer.Option(
         "--store",
-        help="Run store URL (sqlite:///file.db, postgresql://...); default: the per-user file.",
+        metavar="URL", help="Run store URL (sqlite:///file.db, postgresql://...); default: the per-user file.",
         envvar="WORKPLEX_STORE",
     ),
 ]
@@ -815,10 +815,10 @@ _RUN_STATUSES = ("pending", "running", "paused", "succeeded", "failed", "cancell
 @app.command("runs")
 def runs_(
     status: Annotated[
-        str | None, typer.Option("--status", help="Only runs with this status (e.g. failed).")
+        str | None, typer.Option("--status", metavar="STATUS", help="Only runs with this status (e.g. failed).")
     ] = None,
-    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only this pipeline.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs to list.")] = 20,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", metavar="NAME", help="Only this pipeline.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", help="How many runs to list.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -864,7 +864,7 @@ def _store_where(s: Any) -> str:
 
 @app.command("show")
 def show(
-    run_id: Annotated[str, typer.Argument(help="The run id (see `workplex runs`).")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run id (see `workplex runs`).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -951,8 +951,8 @@ def show(
 
 @app.command("logs")
 def logs(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
-    stage: Annotated[str | None, typer.Option("--stage", "-s", help="Only this stage.")] = None,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run id.")],
+    stage: Annotated[str | None, typer.Option("--stage", "-s", metavar="STAGE", help="Only this stage.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -981,7 +981,7 @@ def logs(
 
 @app.command("cancel")
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run id.")],
     store: StoreOption = None,
 ) -> None:
     """Cancel a run: at once if nobody drives it, else at its driver's next lease renewal."""
@@ -1038,7 +1038,7 @@ def _resume_and_report(
 
 @app.command("resume")
 def resume(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the run result as JSON.")] = False,
     store: StoreOption = None,
     backend: BackendOption = None,
@@ -1062,12 +1062,12 @@ def resume(
 
 @app.command("approve")
 def approve(
-    run_id: Annotated[str, typer.Argument(help="The paused run.")],
-    stage: Annotated[str, typer.Argument(help="The stage waiting for approval.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The paused run.")],
+    stage: Annotated[str, typer.Argument(metavar="STAGE", help="The stage waiting for approval.")],
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
-    comment: Annotated[str | None, typer.Option("--comment", "-m", help="Why.")] = None,
+    comment: Annotated[str | None, typer.Option("--comment", "-m", metavar="TEXT", help="Why.")] = None,
     by: Annotated[
-        str | None, typer.Option("--by", help="Who decides (default: $USER).")
+        str | None, typer.Option("--by", metavar="NAME", help="Who decides (default: $USER).")
     ] = None,
     resume_now: Annotated[
         bool, typer.Option("--resume", help="Resume the run here right after deciding.")
@@ -1118,7 +1118,7 @@ def approve(
 @app.command("gc")
 def gc(
     older_than: Annotated[
-        str, typer.Option("--older-than", help="Age of finished runs to delete, e.g. 30d, 12h.")
+        str, typer.Option("--older-than", metavar="AGE", help="Age of finished runs to delete, e.g. 30d, 12h.")
     ],
     store: StoreOption = None,
 ) -> None:
