@@ -255,16 +255,31 @@ def schema(
 
 @app.command("health")
 def health(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="EXECUTOR", help="Only these executors (default: all enabled)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="SECONDS", help="Time allowed per check.")
+    ] = 10.0,
 ) -> None:
-    """Check every enabled executor (starts each one and asks it). Exit 1 if any is unhealthy."""
+    """Check enabled executors (starts each one and asks it). Exit 1 if any is unhealthy.
+
+    Example: workplex health command http
+    """
+    from workplex.errors import UnknownExecutorError
+
     registry = build_registry()
 
     async def go() -> dict[str, dict[str, Any]]:
         async with registry:
-            return await registry.health()
+            return await registry.health(names or None, timeout=timeout)
 
-    report = run_async(go())
+    try:
+        report = run_async(go())
+    except UnknownExecutorError as exc:
+        fail(str(exc))
     if as_json:
         print_json(report)
     else:

@@ -334,20 +334,36 @@ class Registry:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    async def health(self) -> dict[str, dict[str, Any]]:
-        """Each enabled executor's health: ``{"ok": bool, "detail": str}``."""
-        report: dict[str, dict[str, Any]] = {}
-        for name in self.names():
+    async def health(
+        self, names: Iterable[str] | None = None, *, timeout: float = 10.0
+    ) -> dict[str, dict[str, Any]]:
+        """Each enabled executor's health: ``{"ok": bool, "detail": str}``.
+
+        ``names`` limits the check (unknown names raise ``UnknownExecutorError``). The checks
+        run concurrently, each bounded by ``timeout`` so one unreachable service cannot hang
+        the report.
+        """
+        wanted = self.names() if names is None else list(dict.fromkeys(names))
+        for name in wanted:
+            entry = self._entries.get(name)
+            if entry is None or not entry.enabled:
+                self._entry(name)  # raises the usual "unknown executor" error
+
+        async def check(name: str) -> dict[str, Any]:
             if not self.max_security.allows(self._entries[name].cls.security):
-                report[name] = {"ok": False, "detail": "refused by max_security"}
-                continue
+                return {"ok": False, "detail": "refused by max_security"}
             try:
-                executor = await self.start(name)
-                ok = bool(await executor.health_check())
-                report[name] = {"ok": ok, "detail": "ok" if ok else "health check failed"}
+                async with asyncio.timeout(timeout):
+                    executor = await self.start(name)
+                    ok = bool(await executor.health_check())
+            except TimeoutError:
+                return {"ok": False, "detail": f"no answer within {timeout:g}s"}
             except Exception as exc:
-                report[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
-        return report
+                return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+            return {"ok": ok, "detail": "ok" if ok else "health check failed"}
+
+        results = await asyncio.gather(*(check(n) for n in wanted))
+        return dict(zip(wanted, results, strict=True))
 
     # ---- execution ----------------------------------------------------------------
     def call_for(self, name: str, settings: Mapping[str, Any] | None = None, key: Any = None) -> Call:

@@ -136,6 +136,15 @@ def test_executors_schema_and_health() -> None:
     assert code in (0, 1)  # other executors may lack their services here
 
 
+def test_health_checks_only_the_named_executors_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    code, out, _ = invoke("health", "command", "echo", "--json")
+    assert code == 0
+    assert set(json.loads(out)) == {"command", "echo"}
+    (tmp_path / "workplex.yaml").write_text("executors:\n  echo:\n    enabled: false\n")
+    code, _, err = invoke("health", "echo")
+    assert code == 2 and "unknown executor 'echo'" in err and "disabled" in err
+
+
 # ---- real processes ---------------------------------------------------------------------
 def workplex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "WORKPLEX_CONFIG"}
