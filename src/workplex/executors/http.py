@@ -214,9 +214,9 @@ class AddressGuard:
 def _guarded_backend(guard: AddressGuard) -> Any:
     """An httpcore network backend that checks every new connection's addresses."""
     import httpcore
-    from httpcore._backends.auto import AutoBackend
 
-    class GuardedBackend(AutoBackend):
+    # AnyIOBackend is what httpx uses under asyncio, and it is httpcore's public class.
+    class GuardedBackend(httpcore.AnyIOBackend):
         async def connect_tcp(
             self,
             host: str,
@@ -333,8 +333,15 @@ class Http(Executor):
             network_backend=backend,
         )
         transport = httpx.AsyncHTTPTransport(trust_env=False)
-        await transport._pool.aclose()
         # httpx does not take a network backend, so the transport gets a pool built with ours.
+        # Checked, not assumed: a future httpx without ``_pool`` must fail here, never run
+        # unguarded.
+        if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+            raise PermanentError(
+                f"httpx {httpx.__version__} changed its transport; the http executor's "
+                "address guard cannot be installed"
+            )
+        await transport._pool.aclose()
         transport._pool = pool
         t = config.timeout_seconds
         self._client = httpx.AsyncClient(
