@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -149,12 +149,18 @@ class Registry:
         config: Config | None = None,
         *,
         discover: bool = True,
-        overlays: OverlayBuilder | None = None,
+        overlays: OverlayBuilder | None | Literal["default"] = "default",
         secrets: Secrets | None = None,
     ) -> None:
         self.config = config or Config()
         self.max_security = self.config.max_security
-        self.overlays = overlays
+        if overlays == "default":
+            # Every installed overlay, as the CLI has them: a stage's `timeout` and `retry`
+            # must mean the same in Python as in `workplex run`. ``None`` turns them off.
+            from workplex.overlays import default_overlays
+
+            overlays = default_overlays(self.config)
+        self.overlays: OverlayBuilder | None = overlays
         self._secrets = secrets
         self._entries: dict[str, _Entry] = {}
         if discover:

@@ -198,7 +198,16 @@ def build_plan(
             except ValidationError as exc:
                 problem(i, stage.name, "executor", str(exc), "executor")
         settings = stage.overlay_settings()
-        if settings and validate_overlays is not None:
+        if settings and overlays is None:
+            problem(
+                i,
+                stage.name,
+                "",
+                "sets retry/timeout/overlays, but the registry was built with overlays=None, "
+                "so they would be ignored",
+                "retry" if stage.retry else ("timeout" if stage.timeout else "overlays"),
+            )
+        elif settings and validate_overlays is not None:
             try:
                 validate_overlays(settings, f"stage {stage.name!r}")
             except Exception as exc:
