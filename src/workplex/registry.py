@@ -149,7 +149,7 @@ class Registry:
         config: Config | None = None,
         *,
         discover: bool = True,
-        overlays: OverlayBuilder | None | Literal["default"] = "default",
+        overlays: OverlayBuilder | Literal["default"] | None = "default",
         secrets: Secrets | None = None,
     ) -> None:
         self.config = config or Config()
