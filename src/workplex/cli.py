@@ -108,9 +108,40 @@ def print_json(data: Any) -> None:
 
 
 def run_async(coro: Any) -> Any:
-    import asyncio
+    """``asyncio.run`` where SIGTERM cancels the work like Ctrl-C does.
 
-    return asyncio.run(coro)
+    Without this, ``kill`` (or a supervisor stopping the process) would end Python before
+    the executors' cancellation ran, leaving their child processes behind. It surfaces as
+    ``KeyboardInterrupt``, so each command reports it the same way as Ctrl-C.
+    """
+    import asyncio
+    import signal
+
+    terminated = False
+
+    async def main() -> Any:
+        nonlocal terminated
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await coro
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
 
 
 # ---- exec ------------------------------------------------------------------------------

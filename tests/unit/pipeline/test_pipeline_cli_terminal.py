@@ -143,9 +143,13 @@ def test_json_on_a_terminal_prints_only_the_result(tmp_path: Path, pipeline: Pat
     assert data["status"] == "succeeded"
 
 
-@pytest.mark.parametrize("stored", [True, False])
-def test_ctrl_c_cancels_the_run_and_kills_its_processes(
-    tmp_path: Path, pipeline: Path, stored: bool
+@pytest.mark.parametrize(
+    ("sig", "stored"),
+    [(signal.SIGINT, True), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c-stored", "ctrl-c-no-store", "sigterm-stored"],
+)
+def test_ctrl_c_or_sigterm_cancels_the_run_and_kills_its_processes(
+    tmp_path: Path, pipeline: Path, sig: signal.Signals, stored: bool
 ) -> None:
     store = ["--store", f"sqlite:///{tmp_path / 'runs.db'}"] if stored else ["--no-store"]
     proc = subprocess.Popen(
@@ -154,7 +158,7 @@ def test_ctrl_c_cancels_the_run_and_kills_its_processes(
     )  # fmt: skip
     try:
         running = pids(tmp_path, 2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -169,4 +173,23 @@ def test_ctrl_c_cancels_the_run_and_kills_its_processes(
         assert "resume" not in err
     # The task processes went with the run, without `go` ever being created.
     assert not (tmp_path / "go").exists()
+    assert [pid for pid in running if alive(pid)] == []
+
+
+def test_sigterm_on_exec_kills_the_commands_process_group(tmp_path: Path) -> None:
+    script = "import os, time\nopen('pids', 'a').write(f'{os.getpid()}\\n')\ntime.sleep(120)"
+    payload = json.dumps({"command": sys.executable, "args": ["-c", script]})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workplex.cli", "exec", "command", "--input", payload],
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        running = pids(tmp_path, 1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
     assert [pid for pid in running if alive(pid)] == []
