@@ -48,10 +48,18 @@ class Pattern:
     Config: ClassVar[type[PatternConfig]] = PatternConfig
     needs_executor: ClassVar[bool] = True
     """False when the stage's ``executor:`` is optional or replaced by ``config``."""
+    sections: ClassVar[frozenset[str] | None] = None
+    """The stage sections (``scatter``, ``gather``) this pattern reads; another one is a
+    load-time error, since it would be ignored. None: the pattern does not say (not checked)."""
 
     def executors(self, stage: Stage, config: Any) -> list[str]:
         """Executors this stage will call (checked against the registry at load)."""
-        return [stage.executor] if stage.executor else []
+        return [name for name, _ in self.executor_fields(stage, config)]
+
+    def executor_fields(self, stage: Stage, config: Any) -> list[tuple[str, str]]:
+        """Each executor with the field that names it (``executor``, ``config.executors[1]``),
+        so a load-time problem points at the right line."""
+        return [(stage.executor, "executor")] if stage.executor else []
 
     def templates(
         self, stage: Stage, config: Any

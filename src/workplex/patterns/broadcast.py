@@ -25,8 +25,10 @@ class Broadcast(Pattern):
     Config = BroadcastConfig
     needs_executor = False
 
-    def executors(self, stage: Stage, config: Any) -> list[str]:
-        return list(config.executors)
+    sections = frozenset()
+
+    def executor_fields(self, stage: Stage, config: Any) -> list[tuple[str, str]]:
+        return [(name, f"config.executors[{i}]") for i, name in enumerate(config.executors)]
 
     def templates(
         self, stage: Stage, config: Any

@@ -27,8 +27,10 @@ class ForkJoin(Pattern):
     Config = ForkJoinConfig
     needs_executor = False
 
-    def executors(self, stage: Stage, config: Any) -> list[str]:
-        return [b.executor for b in config.branches.values()]
+    sections = frozenset()
+
+    def executor_fields(self, stage: Stage, config: Any) -> list[tuple[str, str]]:
+        return [(b.executor, f"config.branches.{name}.executor") for name, b in config.branches.items()]
 
     def templates(self, stage: Stage, config: Any) -> dict[str, tuple[Any, str | list[str] | None]]:
         return {

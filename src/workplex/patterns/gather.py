@@ -44,6 +44,8 @@ class GatherConfig(PatternConfig):
             return v
         if not re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", v):
             raise ValueError("must be a count or a percentage like '10%'")
+        if float(v.strip().rstrip("%")) > 100:
+            raise ValueError(f"{v.strip()!r} is more than 100%")
         return v.strip()
 
     def tolerated(self, total: int) -> float:
@@ -56,6 +58,7 @@ class GatherConfig(PatternConfig):
 class Gather(Pattern):
     name = "gather"
     description = "Wait for an earlier stage's tasks, optionally grouped (gather: {stage, group_by})."
+    sections = frozenset({"gather"})
     Config = GatherConfig
     needs_executor = False
 

@@ -26,6 +26,7 @@ class ScatterConfig(PatternConfig):
 class Scatter(Pattern):
     name = "scatter"
     description = "One task per item of a list (scatter: {input, as})."
+    sections = frozenset({"scatter"})
     Config = ScatterConfig
 
     def locals(self, stage: Stage, config: Any) -> set[str]:

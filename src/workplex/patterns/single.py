@@ -11,6 +11,7 @@ from workplex.patterns import Pattern
 class Single(Pattern):
     name = "single"
     description = "One task."
+    sections = frozenset()
 
     async def run(self, run: StageRun) -> Any:
         payload = run.render(run.template("input"))

@@ -51,6 +51,11 @@ class Expr:
     def is_simple(self) -> bool:
         return self._keys is not None
 
+    @property
+    def keys(self) -> tuple[Any, ...] | None:
+        """The keys of a simple path (``$.a.b[0]`` -> ``("a", "b", 0)``), else None."""
+        return self._keys
+
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """The value at this path; raises ``Missing`` when a simple path finds nothing.
 

@@ -130,7 +130,8 @@ def _salvage(
         if len(loc) == 1 and (unknown or loc[0] == "description"):
             doc.pop(loc[0], None)
         elif len(loc) >= 2 and loc[0] == "inputs" and inputs is not None:
-            inputs.pop(loc[1], None)
+            # Keep the name declared (as `any`), so references to it are not reported too.
+            inputs[loc[1]] = {}
         elif (
             len(loc) >= 3
             and loc[0] == "stages"

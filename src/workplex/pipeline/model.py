@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -68,6 +69,16 @@ class InputSpec(BaseModel):
     required: bool | None = None
     description: str = ""
 
+    @field_validator("default")
+    @classmethod
+    def _default_fits(cls, v: Any, info: ValidationInfo) -> Any:
+        # A default of the wrong type would only fail at run time, in a stage far away.
+        # null stays allowed: an optional input without a value.
+        type_ = info.data.get("type")
+        if v is None or type_ is None or type_ == "any" or fits_type(v, type_):
+            return v
+        raise ValueError(f"the default {v!r} is not of type {type_} (it is {_json_type(v)})")
+
     @property
     def is_required(self) -> bool:
         if self.required is not None:
@@ -80,12 +91,25 @@ class InputSpec(BaseModel):
             return value
         if isinstance(value, str) and self.type != "string":
             value = _from_text(value, self.type)
-        ok = isinstance(value, _PY_TYPES[self.type])
-        if self.type in ("number", "integer") and isinstance(value, bool):
-            ok = False
-        if not ok:
+        if not fits_type(value, self.type):
             raise ValueError(f"input {name!r} must be of type {self.type}, got {type(value).__name__}")
         return value
+
+
+def fits_type(value: Any, type_: str) -> bool:
+    """Whether ``value`` is of the declared input type (a bool is not a number)."""
+    if type_ == "any":
+        return True
+    if type_ in ("number", "integer") and isinstance(value, bool):
+        return False
+    return isinstance(value, _PY_TYPES[type_])
+
+
+def _json_type(value: Any) -> str:
+    for name in ("boolean", "integer", "number", "string", "array", "object"):
+        if fits_type(value, name):
+            return name
+    return type(value).__name__
 
 
 def _from_text(text: str, type_: str) -> Any:

@@ -16,10 +16,18 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError as PydanticValidationError
 
 from workplex.errors import PipelineError, ValidationError, pydantic_reason
-from workplex.pipeline.expressions import Expr, Template, compile_expr, compile_template
+from workplex.pipeline.expressions import (
+    Expr,
+    Template,
+    compile_expr,
+    compile_template,
+    is_expression,
+)
 from workplex.pipeline.model import RESERVED_ROOTS, Pipeline, Stage
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from workplex.patterns import Pattern, PatternRegistry
     from workplex.registry import Registry
 
@@ -85,6 +93,89 @@ def _path_loc(path: str) -> tuple[Any, ...]:
         int(part[1:-1]) if part.startswith("[") else part
         for part in re.findall(r"\[\d+\]|[^.\[\]]+", path)
     )
+
+
+class _ExpressionValue:
+    """Stands for an expression's value while an input is checked at load: any value fits."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<expression>"
+
+
+_EXPRESSION_VALUE = _ExpressionValue()
+
+
+def _with_placeholders(
+    value: Any, loc: tuple[Any, ...], found: list[tuple[Any, ...]]
+) -> Any:
+    """``value`` as the executor would get it, each expression replaced by a placeholder
+    (its location appended to ``found``) and ``$$`` unescaped."""
+    if is_expression(value):
+        found.append(loc)
+        return _EXPRESSION_VALUE
+    if isinstance(value, str):
+        return value[1:] if value.startswith("$$") else value
+    if isinstance(value, dict):
+        return {k: _with_placeholders(v, (*loc, k), found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_placeholders(v, (*loc, i), found) for i, v in enumerate(value)]
+    return value
+
+
+def _source_loc(value: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location as keys of the checked value: union member tags such as
+    ``'list[str]'`` are dropped; a last key that is absent (a missing field) is kept."""
+    out: list[Any] = []
+    node = value
+    for n, part in enumerate(loc):
+        if isinstance(node, dict):
+            if part in node:
+                node = node[part]
+                out.append(part)
+            elif n == len(loc) - 1:
+                out.append(part)
+        elif isinstance(node, list):
+            if isinstance(part, int) and -len(node) <= part < len(node):
+                node = node[part]
+                out.append(part)
+        else:
+            break  # a scalar or a placeholder: what is left are member tags
+    return tuple(out)
+
+
+# Errors at a model or container that holds an expression can not depend on its value.
+_SHAPE_ERRORS = frozenset({"missing", "extra_forbidden", "model_type", "dict_type", "list_type"})
+
+
+def static_input_errors(model: Any, source: Any) -> list[tuple[tuple[Any, ...], ErrorDetails]]:
+    """Validation errors of the template ``source`` against an executor's Input model, with
+    every expression-valued field taken as "any value": (location, pydantic error) pairs."""
+    exprs: list[tuple[Any, ...]] = []
+    value = _with_placeholders(source, (), exprs)
+    try:
+        model.model_validate(value)
+    except PydanticValidationError as exc:
+        errors = exc.errors(include_url=False)
+    except Exception:
+        # A validator that cannot cope with a placeholder: the input is only known at run time.
+        return []
+    else:
+        return []
+    out = []
+    for err in errors:
+        loc = _source_loc(value, tuple(err.get("loc", ())))
+        if any(loc[: len(e)] == e for e in exprs):
+            continue  # at or under an expression: any value may come
+        if err.get("type") not in _SHAPE_ERRORS and any(e[: len(loc)] == loc for e in exprs):
+            continue  # a check of a whole object that contains an expression
+        out.append((loc, err))
+    return out
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def _where(pipeline: Pipeline, stage_index: int | None, *loc: Any) -> str:
@@ -163,6 +254,28 @@ def build_plan(
                 stack.extend(needs[d])
         return seen
 
+    # What each stage waits for, gathers included: a reference to a stage that waits for
+    # this one "runs later"; any other stage outside `needs` runs in parallel.
+    waits_for: dict[str, list[str]] = {}
+    for stage in pipeline.stages:
+        pat = patterns.get(stage.mode)
+        gathered = pat.gathers(stage) if pat is not None else None
+        waits_for[stage.name] = [*needs[stage.name], *([gathered] if gathered in index_of else [])]
+
+    def waits_on(later: str, earlier: str) -> bool:
+        seen: set[str] = set()
+        stack = list(waits_for[later])
+        while stack:
+            d = stack.pop()
+            if d == earlier:
+                return True
+            if d not in seen:
+                seen.add(d)
+                stack.extend(waits_for[d])
+        return False
+
+    declared_inputs = pipeline.inputs
+
     overlays = registry.overlays
     validate_overlays = getattr(overlays, "validate", None)
 
@@ -185,18 +298,39 @@ def build_plan(
             continue
         for msg in pattern.check(stage, config):
             problem(i, stage.name, "", msg, "mode")
+        if pattern.sections is not None:
+            for section in ("scatter", "gather"):
+                if getattr(stage, section) is not None and section not in pattern.sections:
+                    problem(
+                        i, stage.name, section,
+                        f"a `{section}:` section does not belong to mode {stage.mode!r} and "
+                        f"would be ignored (mode {section} uses it)", section,
+                    )
+        if stage.scatter is not None:
+            var = stage.scatter.as_
+            if var in RESERVED_ROOTS:
+                problem(i, stage.name, "scatter.as",
+                        f"{var!r} is reserved for expressions ($.{var}); choose another name",
+                        "scatter", "as")
+            elif var in index_of:
+                problem(i, stage.name, "scatter.as",
+                        f"{var!r} is the name of a stage ($.{var} is its output); choose another name",
+                        "scatter", "as")
         if pattern.needs_executor and not stage.executor:
             problem(i, stage.name, "executor", f"mode {stage.mode!r} needs an executor")
         executors = pattern.executors(stage, config)
+        fields = pattern.executor_fields(stage, config)
+        if [name for name, _ in fields] != executors:
+            fields = [(ex, "executor") for ex in executors]  # a plugin that overrides executors()
         input_models: dict[str, Any] = {}
-        for ex in executors:
+        for ex, ex_field in fields:
             try:
                 if check_executor is not None:
                     input_models[ex] = check_executor(ex)
                 else:
                     input_models[ex] = registry.executor_class(ex).Input
             except ValidationError as exc:
-                problem(i, stage.name, "executor", str(exc), "executor")
+                problem(i, stage.name, ex_field, str(exc), *_path_loc(ex_field))
         settings = stage.overlay_settings()
         if settings and overlays is None:
             problem(
@@ -235,17 +369,26 @@ def build_plan(
             i: int = i, stage: Stage = stage, locals_: set[str] = locals_, allowed: set[str] = allowed,
         ) -> None:
             root = expr.root
+            keys = expr.keys
+            if (
+                root == "trigger" and root not in locals_ and declared_inputs and keys is not None
+                and len(keys) > 1 and isinstance(keys[1], str) and keys[1] not in declared_inputs
+            ):
+                problem(
+                    i, stage.name, fld,
+                    f"{expr.text!r} refers to input {keys[1]!r}, which is not declared; "
+                    f"declared inputs: {', '.join(declared_inputs)}", *loc,
+                )
             if root is None or root in RESERVED_ROOTS or root in locals_:
                 return
             if root not in index_of:
                 problem(i, stage.name, fld, f"{expr.text!r} refers to unknown stage {root!r}", *loc)
             elif root not in allowed:
-                when = "later" if index_of[root] > i else "in parallel"
-                problem(
-                    i, stage.name, fld,
-                    f"{expr.text!r} refers to stage {root!r}, which runs {when}; "
-                    f"add it to this stage's `needs`", *loc,
-                )
+                if waits_on(root, stage.name):
+                    why = "runs later (it waits for this stage)"
+                else:
+                    why = "runs in parallel (add it to this stage's `needs`)"
+                problem(i, stage.name, fld, f"{expr.text!r} refers to stage {root!r}, which {why}", *loc)
 
         templates: dict[str, Template] = {}
         for key, (value, executor) in pattern.templates(stage, config).items():
@@ -264,15 +407,12 @@ def build_plan(
             targets = executor if isinstance(executor, list) else [executor] if executor else []
             for target in targets:
                 model = input_models.get(target)
-                if not tpl.constant or model is None:
+                if model is None:
                     continue
-                try:
-                    model.model_validate(tpl.render({}))
-                except PydanticValidationError as exc:
-                    for err in exc.errors(include_url=False):
-                        sub = ".".join(str(p) for p in err.get("loc", ()))
-                        problem(i, stage.name, f"{key}.{sub}" if sub else key,
-                                f"{pydantic_reason(err)} (executor {target!r})", *loc, *err.get("loc", ()))
+                for err_loc, err in static_input_errors(model, value):
+                    sub = _dotted(err_loc)
+                    problem(i, stage.name, f"{key}.{sub}" if sub else key,
+                            f"{pydantic_reason(err)} (executor {target!r})", *loc, *err_loc)
 
         condition = None
         if stage.if_ is not None:

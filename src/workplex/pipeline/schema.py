@@ -7,8 +7,10 @@ files. Anywhere a value is expected, an expression string (``$.path``) is accept
 from __future__ import annotations
 
 import copy
+import typing
 from typing import TYPE_CHECKING, Any
 
+from workplex.durations import parse_duration
 from workplex.pipeline.model import Pipeline
 
 if TYPE_CHECKING:
@@ -16,6 +18,68 @@ if TYPE_CHECKING:
     from workplex.registry import Registry
 
 EXPRESSION = {"type": "string", "pattern": "^\\$", "description": "A JSONPath expression"}
+DURATION = [
+    {"type": "number", "minimum": 0},
+    {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*$"},
+]
+
+
+def _is_duration(annotation: Any, metadata: list[Any]) -> bool:
+    """Whether a model field is a ``Duration`` (a number or ``30s``), possibly optional."""
+    if any(getattr(m, "func", None) is parse_duration for m in metadata):
+        return True
+    return any(
+        _is_duration(None, list(getattr(arg, "__metadata__", ())))
+        for arg in typing.get_args(annotation)
+    )
+
+
+def _model_schema(model: Any) -> dict[str, Any]:
+    """A model's JSON Schema, with duration fields accepting ``500ms``/``30s`` as files do."""
+    schema: dict[str, Any] = model.model_json_schema()
+    props = schema.get("properties", {})
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key in props and _is_duration(info.annotation, list(info.metadata)):
+            nullable = info.annotation is not float
+            extra = {k: v for k, v in props[key].items() if k in ("description", "title", "default")}
+            props[key] = {"anyOf": [*DURATION, *([{"type": "null"}] if nullable else [])], **extra}
+    return schema
+
+
+def _without_expression(schema: Any) -> Any:
+    """``{"anyOf": [X, EXPRESSION]}`` -> X: executor names are never expressions."""
+    if isinstance(schema, dict) and schema.get("anyOf", [None])[-1] == EXPRESSION:
+        rest = [s for s in schema["anyOf"] if s != EXPRESSION]
+        return rest[0] if len(rest) == 1 else schema
+    return schema
+
+
+def _name_executors(node: Any, names: list[str]) -> Any:
+    """In a pattern's config schema, type the fields that name executors: a string
+    ``executor`` (with its sibling ``input`` checked per executor) and a list ``executors``."""
+    if isinstance(node, list):
+        return [_name_executors(v, names) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _name_executors(v, names) for k, v in node.items()}
+    props = out.get("properties")
+    if isinstance(props, dict):
+        executor = _without_expression(props.get("executor"))
+        if isinstance(executor, dict) and executor.get("type") == "string":
+            props["executor"] = {**executor, "enum": names}
+            if "input" in props:
+                out["allOf"] = [
+                    {
+                        "if": {"properties": {"executor": {"const": n}}, "required": ["executor"]},
+                        "then": {"properties": {"input": {"$ref": f"#/$defs/input_{n}"}}},
+                    }
+                    for n in names
+                ]
+        many = _without_expression(props.get("executors"))
+        if isinstance(many, dict) and many.get("type") == "array":
+            props["executors"] = {**many, "items": {"type": "string", "enum": names}}
+    return out
 
 
 def _allow_expressions(schema: Any) -> Any:
@@ -70,18 +134,30 @@ def pipeline_schema(registry: Registry, patterns: PatternRegistry | None = None)
     stage = defs["Stage"]
     stage["properties"]["executor"] = {"type": "string", "enum": registry.names()}
     stage["properties"]["mode"] = {"type": "string", "enum": patterns.names(), "default": "single"}
+    from workplex.overlays.retry import RetryConfig
+
+    retry = _lift_defs(_model_schema(RetryConfig), "retry", defs)
+    stage["properties"]["retry"] = {
+        "anyOf": [retry, {"type": "null"}],
+        "description": "Retry settings for this stage's tasks (the retry overlay's options).",
+    }
+    names = registry.names()
     rules: list[dict[str, Any]] = []
-    for name in registry.names():
+    for name in names:
         model = registry.executor_class(name).Input
-        sub = _lift_defs(_allow_expressions(model.model_json_schema()), f"input_{name}", defs)
+        # One definition per executor, shared by stages and fork_join branches.
+        defs[f"input_{name}"] = _lift_defs(
+            _allow_expressions(_model_schema(model)), f"input_{name}", defs
+        )
         rules.append(
             {
                 "if": {"properties": {"executor": {"const": name}}, "required": ["executor"]},
-                "then": {"properties": {"input": sub}},
+                "then": {"properties": {"input": {"$ref": f"#/$defs/input_{name}"}}},
             }
         )
     for name, pattern in patterns.items().items():
-        cfg = _lift_defs(_allow_expressions(pattern.Config.model_json_schema()), f"config_{name}", defs)
+        typed = _name_executors(_allow_expressions(_model_schema(pattern.Config)), names)
+        cfg = _lift_defs(typed, f"config_{name}", defs)
         cond: dict[str, Any] = {"properties": {"mode": {"const": name}}}
         if name == "single":
             cond = {"anyOf": [{"not": {"required": ["mode"]}}, cond]}

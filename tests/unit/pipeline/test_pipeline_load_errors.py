@@ -43,7 +43,7 @@ CASES = {
         6,
         "a",
         "input.v",
-        "refers to stage 'b', which runs later; add it to this stage's `needs`",
+        "refers to stage 'b', which runs later (it waits for this stage)",
     ),
     "reference to a parallel stage without needs": (
         """
@@ -144,9 +144,9 @@ CASES = {
             mode: broadcast
             config: {executors: [echo, nope]}
         """,
-        4,
+        6,
         "a",
-        "executor",
+        "config.executors[1]",
         "unknown executor 'nope'",
     ),
     "unknown pattern": (
