@@ -348,6 +348,7 @@ class Context:
 
     __slots__ = (
         "_logger",
+        "_logger_attempt",
         "attempt",
         "config",
         "deadline",
@@ -383,6 +384,7 @@ class Context:
         self.engine = engine
         """The Engine running this task inside a pipeline run (None for a lone task)."""
         self._logger: FilteringBoundLogger | None = None
+        self._logger_attempt = 0
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or None without one."""
@@ -392,14 +394,19 @@ class Context:
 
     @property
     def logger(self) -> FilteringBoundLogger:
-        """A structlog logger bound to this task's ids (created on first use)."""
-        if self._logger is None:
+        """A structlog logger bound to this task's ids and its current attempt.
+
+        Created on first use and bound again when ``attempt`` changes (retry sets it before
+        each attempt), so every line names the attempt that wrote it."""
+        logger = self._logger
+        if logger is None or self._logger_attempt != self.attempt:
             import structlog
 
-            self._logger = structlog.get_logger("workplex.task").bind(
+            logger = self._logger = structlog.get_logger("workplex.task").bind(
                 run_id=self.run_id, stage=self.stage, task_id=self.task_id, attempt=self.attempt
             )
-        return self._logger
+            self._logger_attempt = self.attempt
+        return logger
 
 
 class Executor:

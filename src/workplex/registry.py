@@ -171,6 +171,14 @@ class Registry:
                 f"{self.config.source}: executors: unknown executor(s) "
                 f"{', '.join(sorted(unknown))}; installed: {', '.join(sorted(self._entries))}"
             )
+        # The same for `overlays:` ("*" is every executor): a typo must not pass silently.
+        unknown = set(self.config.overlays) - set(self._entries) - {"*"}
+        if unknown and discover:
+            raise ConfigError(
+                f"{self.config.source}: overlays: unknown executor(s) "
+                f"{', '.join(sorted(unknown))}; installed: {', '.join(sorted(self._entries))} "
+                f"(or '*' for every executor)"
+            )
 
     # ---- registration -------------------------------------------------------------
     def discover(self) -> None:

@@ -1,7 +1,11 @@
 """``python``: calls ``module:function`` (sync or async) with ``args`` and ``kwargs``.
 
 The function's return value (JSON-serialisable) is the task's output. A sync function runs
-on a thread so it never blocks the event loop.
+on a thread so it never blocks the event loop. A thread cannot be interrupted: on a timeout
+or cancellation the task fails at once, but a sync function runs on to its end in the
+background (result dropped, side effects kept). Work that must really stop belongs in an
+``async`` function (cancelled where it awaits) or in the ``command`` executor (its process
+group is killed).
 """
 
 from __future__ import annotations

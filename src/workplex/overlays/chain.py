@@ -25,6 +25,7 @@ An overlay that is not configured is not in the chain at all: it costs nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -66,6 +67,8 @@ ATTEMPT_POSITION = "timeout"
 
 GLOBAL_KEY = "*"
 """``overlays: {"*": {...}}`` in the config file applies to every executor."""
+
+_stdlib_logger = logging.getLogger("workplex.overlays")
 
 
 # ---- clock -------------------------------------------------------------------------------
@@ -521,17 +524,22 @@ class OverlayChain:
     def circuit_changed(
         self, executor: str, key: Hashable, old: str, new: str, reason: str
     ) -> None:
-        """Log a circuit breaker's state change, and count it when metrics are on."""
+        """Log a circuit breaker's state change, and count it when metrics are on.
+
+        Through structlog when the application configured it; otherwise through the stdlib
+        ``logging`` logger ``workplex.overlays`` (stderr by default), because unconfigured
+        structlog prints to stdout, where ``workplex run --json`` writes its result."""
         import structlog
 
-        structlog.get_logger("workplex.overlays").warning(
-            "circuit_breaker.state",
-            executor=executor,
-            key=str(key),
-            old=old,
-            new=new,
-            reason=reason,
-        )
+        fields = {"executor": executor, "key": str(key), "old": old, "new": new, "reason": reason}
+        if structlog.is_configured():
+            structlog.get_logger("workplex.overlays").warning("circuit_breaker.state", **fields)
+        else:
+            _stdlib_logger.warning(
+                "circuit_breaker.state %s",
+                " ".join(f"{k}={v!r}" for k, v in fields.items()),
+                extra={"workplex": fields},
+            )
         if self._collectors is not None:
             self._collectors.circuit_changed(executor, key, new)
 

@@ -12,12 +12,15 @@ What is retried, in this order:
    outcome, not an error).
 
 Cancellation is never retried. ``ctx.attempt`` is set before each attempt, so the Result
-counts attempts. An error's ``retry_after`` (e.g. an HTTP ``Retry-After``) replaces the
+counts attempts. ``deadline`` is checked on the chain's clock (an injected one in tests),
+while the ``ctx.deadline`` it sets is, like every ``ctx.deadline``, a ``time.monotonic()``
+value. An error's ``retry_after`` (e.g. an HTTP ``Retry-After``) replaces the
 computed delay, capped by ``max_delay``.
 """
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
@@ -119,9 +122,12 @@ class Retry(Overlay):
         async def retry(input: Any, ctx: Context) -> Any:
             deadline_at: float | None = None
             if total is not None:
+                # Retry decides on its own (possibly injected) clock; ctx.deadline is always
+                # in time.monotonic() terms, as timeout and the executors compare it so.
                 deadline_at = clock.monotonic() + total
-                if ctx.deadline is None or deadline_at < ctx.deadline:
-                    ctx.deadline = deadline_at
+                real_deadline = monotonic() + total
+                if ctx.deadline is None or real_deadline < ctx.deadline:
+                    ctx.deadline = real_deadline
             attempt = 1
             while True:
                 ctx.attempt = attempt

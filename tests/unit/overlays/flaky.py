@@ -110,3 +110,19 @@ def log_with_secret(ctx: Any, secret: str, fail: bool = False) -> str:
     if fail:
         raise errors.PermanentError(f"refused with key {secret}")
     return "done"
+
+
+def log_then_fail(counter: str, failures: int, ctx: Any) -> int:
+    """Log through ``ctx.logger`` (with the attempt the Context holds), then fail the first
+    ``failures`` calls with a RetryableError."""
+    n = bump(counter)
+    ctx.logger.info("working", ctx_attempt=ctx.attempt)
+    if n <= failures:
+        raise errors.RetryableError(f"flaky failure {n}")
+    return n
+
+
+async def time_left(ctx: Any) -> float | None:
+    """The seconds left before ``ctx.deadline`` as the executor sees it."""
+    left = ctx.remaining()
+    return None if left is None else float(left)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.unit.overlays import flaky
@@ -117,3 +121,34 @@ async def test_given_a_breaker_outside_retry_when_a_task_recovers_within_its_att
         first = await registry.execute(flaky_task(tmp_path / "a", 2))
         second = await registry.execute(flaky_task(tmp_path / "b", 0))
     assert first.success and second.success
+
+
+def test_given_a_circuit_that_opens_when_run_with_json_then_stdout_is_only_the_json_result(
+    tmp_path: Path,
+) -> None:
+    root = Path(__file__).resolve().parents[3]
+    counter = tmp_path / "n"
+    pipeline = tmp_path / "breaker.yaml"
+    pipeline.write_text(
+        "name: breaker\n"
+        "stages:\n"
+        "  - name: calls\n"
+        "    mode: scatter\n"
+        "    executor: python\n"
+        "    continue_on_error: true\n"
+        "    scatter: {input: [1, 2, 3], as: n}\n"
+        f"    input: {{function: '{FLAKY}', kwargs: {{counter: '{counter}', failures: 9}}}}\n"
+        "    config: {max_parallel: 1}\n"
+        "    overlays: {circuit_breaker: {failure_threshold: 1, cooldown: 60s}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WORKPLEX_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "workplex.cli", "run", str(pipeline), "--json"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    result = json.loads(done.stdout)  # nothing but the result on stdout
+    assert result["stages"]["calls"]["status"] == "failed", done.stdout
+    assert "circuit_breaker.state" in done.stderr
+    assert "'closed'" in done.stderr and "'open'" in done.stderr
+    assert flaky.calls(str(counter)) == 1  # the open circuit kept the others from running
