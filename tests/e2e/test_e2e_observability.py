@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.support import free_port
+from tests.support import free_port, require
 from workplex import Engine, Pipeline, Registry, Stage
 from workplex.config import parse_config
 from workplex.overlays import default_overlays
@@ -63,9 +61,9 @@ stages:
 
 
 async def test_given_tracing_on_when_a_pipeline_runs_then_spans_nest_run_stage_task() -> None:
-    sdk = pytest.importorskip("opentelemetry.sdk.trace")
-    export = pytest.importorskip("opentelemetry.sdk.trace.export")
-    memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
+    sdk = require("opentelemetry.sdk.trace")
+    export = require("opentelemetry.sdk.trace.export")
+    memory = require("opentelemetry.sdk.trace.export.in_memory_span_exporter")
     exporter = memory.InMemorySpanExporter()
     provider = sdk.TracerProvider()
     provider.add_span_processor(export.SimpleSpanProcessor(exporter))

@@ -38,7 +38,7 @@ def run_without(modules: str, *args: str, cwd: Path) -> subprocess.CompletedProc
 # (extra, hidden modules, executor, payload)
 EXECUTORS = [
     ("http", "httpx", "http", {"url": "http://127.0.0.1:9/"}),
-    ("sql", "asyncpg", "sql", {"dsn": "postgresql://u@127.0.0.1:9/db", "query": "select 1"}),
+    ("sql", "asyncpg", "sql", {"connection": "pg", "query": "select 1"}),
     ("grpc", "grpc", "grpc", {"endpoint": "127.0.0.1:9", "method": "a.B/C", "request": {}}),
     ("aws", "boto3", "serverless", {"provider": "aws", "function": "f", "payload": {}}),
     ("docker", "docker", "docker", {"image": "scratch-test"}),
@@ -49,6 +49,10 @@ EXECUTORS = [
 def test_executor_without_its_extra(
     extra: str, hidden: str, executor: str, payload: dict[str, object], tmp_path: Path
 ) -> None:
+    if executor == "sql":  # inline DSNs are off by default: name the database in the config
+        (tmp_path / "workplex.yaml").write_text(
+            "executors:\n  sql:\n    connections:\n      pg: postgresql://u@127.0.0.1:9/db\n"
+        )
     proc = run_without(hidden, "exec", executor, "--input", json.dumps(payload), "--json", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     error = json.loads(proc.stdout)["error"]

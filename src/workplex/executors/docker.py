@@ -28,7 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from workplex.errors import (
     ExecutorError,
@@ -103,8 +110,35 @@ class Resources(BaseModel):
         return v.strip().lower() if isinstance(v, str) else v
 
 
+# Other accepted spellings of input fields (the issue's `env` and `workdir`), as alias -> field.
+_INPUT_ALIASES = {"env": "environment", "workdir": "working_dir"}
+
+
+def _alias_schema(schema: dict[str, Any]) -> None:
+    """Lists each alias in the JSON Schema as a property pointing back to its field, so an
+    editor accepts both spellings while the schema stays one entry per meaning."""
+    properties = schema.get("properties", {})
+    for alias, field in _INPUT_ALIASES.items():
+        if field in properties:
+            entry = dict(properties[field])
+            entry["title"] = alias
+            entry["description"] = f"The same as `{field}` (give one of the two)."
+            properties[alias] = entry
+
+
 class DockerInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra=_alias_schema
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for alias, field in _INPUT_ALIASES.items():
+                if alias in data and field in data:
+                    raise ValueError(f"give `{field}` or its alias `{alias}`, not both")
+        return data
 
     image: str | None = Field(default=None, description="The image to run, e.g. 'alpine:3.20'.")
     dockerfile_path: str | None = Field(
@@ -121,9 +155,17 @@ class DockerInput(BaseModel):
     entrypoint: list[str] | str | None = Field(
         default=None, description="Overrides the image's entrypoint."
     )
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("environment", "env"),
+        description="Environment variables for the container (alias: `env`).",
+    )
     volumes: list[Volume] = Field(default_factory=list)
-    working_dir: str | None = None
+    working_dir: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("working_dir", "workdir"),
+        description="Working directory inside the container (alias: `workdir`).",
+    )
     user: str | None = Field(default=None, description="User (name or uid[:gid]) to run as.")
     resources: Resources = Field(default_factory=Resources)
     network: str | None = Field(

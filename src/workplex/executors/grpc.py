@@ -107,6 +107,11 @@ class GrpcConfig(ExecutorConfig):
     max_message_bytes: int = Field(
         default=4 * 1024 * 1024, gt=0, description="Largest message sent or received."
     )
+    health_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Bound on the health check (every open channel must connect within it).",
+    )
 
 
 @dataclass(slots=True)
@@ -169,8 +174,18 @@ class Grpc(Executor):
             await channel.close()
 
     async def health_check(self) -> bool:
-        self._modules()
-        return True
+        """Every open channel reaches READY (connecting if idle) within
+        ``health_timeout_seconds``; true when no channel is open yet."""
+        grpc = self._modules()
+        channels = list(self._channels.values())
+        if not channels:
+            return True
+        try:
+            async with asyncio.timeout(self.config.health_timeout_seconds):
+                answers = await asyncio.gather(*(_connected(grpc, c) for c in channels))
+        except TimeoutError:
+            return False
+        return all(answers)
 
     # ---- channels ----------------------------------------------------------------------
     def _channel(self, endpoint: str, tls: TLSSettings | None) -> Any:
@@ -393,6 +408,20 @@ class Grpc(Executor):
 
 
 # ---- helpers ---------------------------------------------------------------------------
+async def _connected(grpc: Any, channel: Any) -> bool:
+    """True once ``channel`` is READY (connecting it if idle); false when it is shut down or
+    in TRANSIENT_FAILURE (its last connection attempt failed; grpc retries with backoff and
+    the channel turns READY again once one succeeds). The caller bounds the wait."""
+    states = grpc.ChannelConnectivity
+    state = channel.get_state(try_to_connect=True)
+    while state is not states.READY:
+        if state is states.SHUTDOWN or state is states.TRANSIENT_FAILURE:
+            return False
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+    return True
+
+
 def _pem(value: str | None, field: str) -> bytes | None:
     """PEM text as given, or the contents of the file it names."""
     if value is None:

@@ -155,6 +155,16 @@ class ServerlessConfig(ExecutorConfig):
         description="Allow plain http:// trigger URLs to other hosts than loopback.",
     )
     max_connections: int = Field(default=64, gt=0)
+    health_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Bound on the health check's credential lookup."
+    )
+    health_check_metadata: bool = Field(
+        default=False,
+        description=(
+            "Let the health check ask the EC2/ECS metadata services for credentials (network); "
+            "false: only local sources (environment, files, profiles) are consulted."
+        ),
+    )
 
 
 class Serverless(Executor):
@@ -175,6 +185,28 @@ class Serverless(Executor):
         self._lambda_clients: dict[tuple[Any, ...], Any] = {}
         self._client_lock: asyncio.Lock | None = None
         self._http: Any = None
+
+    async def health_check(self) -> bool:
+        """boto3 imports; with a default AWS region or endpoint in the config, credentials
+        resolve for it too. No call to any cloud: local credential sources only, unless
+        ``health_check_metadata`` allows the metadata services, within
+        ``health_timeout_seconds``."""
+        try:
+            import boto3  # noqa: F401
+        except ImportError as exc:
+            raise MissingExtraError(
+                "aws", "boto3", "the serverless executor (provider aws)"
+            ) from exc
+        cfg: ServerlessConfig = self.config
+        if cfg.aws.region is None and cfg.aws.endpoint_url is None:
+            return True
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(_credentials_resolve, cfg.aws, cfg.health_check_metadata),
+                cfg.health_timeout_seconds,
+            )
+        except TimeoutError:
+            return False
 
     async def shutdown(self) -> None:
         clients, self._lambda_clients = list(self._lambda_clients.values()), {}
@@ -446,6 +478,25 @@ class Serverless(Executor):
 
 
 # ---- helpers ---------------------------------------------------------------------------
+def _credentials_resolve(aws: Credentials, metadata: bool) -> bool:
+    """Whether the config's AWS credentials (keys, profile, or the standard chain) resolve."""
+    if aws.access_key_id is not None and aws.secret_access_key is not None:
+        return True  # given outright (perhaps as $.secrets references, checked per task)
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        session = botocore.session.Session(profile=aws.profile)
+        resolver = session.get_component("credential_provider")
+        if not metadata:
+            # These two ask a metadata service over the network.
+            for method in ("container-role", "iam-role"):
+                resolver.remove(method)  # a no-op when absent
+        return resolver.load_credentials() is not None
+    except BotoCoreError:
+        return False
+
+
 def _reveal(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 

@@ -4,6 +4,10 @@ Values only ever travel as bound parameters (``sqlalchemy.text`` with ``:name``
 placeholders); the query text is never built from them. One ``AsyncEngine`` (a connection
 pool) per DSN is shared by every task, created on first use and disposed at shutdown.
 
+The executor is TRUSTED: tasks name a database from the config's ``connections``. An
+inline ``dsn`` could name any file or host, so it is accepted only when the config sets
+``allow_dsn: true``.
+
 DSNs name the database the usual way and are mapped to async drivers:
 ``sqlite:///path`` → ``sqlite+aiosqlite``, ``postgresql://`` / ``postgres://`` →
 ``postgresql+asyncpg``, ``mysql://`` / ``mariadb://`` → ``mysql+aiomysql`` (when
@@ -97,13 +101,21 @@ class SqlConfig(ExecutorConfig):
         default_factory=dict, description="Named DSNs, so secrets stay out of pipeline files."
     )
     allow_dsn: bool = Field(
-        default=True, description="Accept an inline `dsn`; false allows named connections only."
+        default=False,
+        description=(
+            "Accept an inline `dsn` from pipelines. Off by default: the executor is TRUSTED "
+            "(network to configured places), and an inline DSN can name any database file or "
+            "host, so turning this on widens its reach to what `privileged` means."
+        ),
     )
     pool_size: int = Field(default=5, gt=0)
     max_overflow: int = Field(default=10, ge=0)
     pool_timeout: float = Field(default=30.0, gt=0)
     max_rows: int = Field(default=10_000, gt=0)
     timeout_seconds: float | None = Field(default=None, gt=0, description="Default timeout.")
+    health_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Bound on the health check (`SELECT 1` on each pool)."
+    )
 
 
 _ASYNC_DRIVERS = {
@@ -298,7 +310,27 @@ class Sql(Executor):
             await engine.dispose()
 
     async def health_check(self) -> bool:
-        return not self._closed
+        """``SELECT 1`` on every open pool, all within ``health_timeout_seconds``; true when
+        no pool exists yet (nothing to check until a task names a database)."""
+        if self._closed:
+            return False
+        engines = list(self._engines.values())
+        if not engines:
+            return True
+        config: SqlConfig = self.config
+        try:
+            async with asyncio.timeout(config.health_timeout_seconds):
+                answers = await asyncio.gather(
+                    *(self._ping(engine) for engine in engines), return_exceptions=True
+                )
+        except TimeoutError:
+            return False
+        return all(answer is True for answer in answers)
+
+    async def _ping(self, engine: AsyncEngine) -> bool:
+        async with engine.connect() as conn:
+            value = (await conn.execute(self._text("SELECT 1"))).scalar()
+        return bool(value == 1)
 
     # ---- engines ------------------------------------------------------------------
     def _dsn(self, input: SqlInput) -> str:
@@ -313,8 +345,10 @@ class Sql(Executor):
             return dsn
         if not config.allow_dsn:
             raise PermanentError(
-                "dsn: inline DSNs are disabled (executors.sql.allow_dsn: false); "
-                "use a named `connection`"
+                "dsn: inline DSNs are not allowed; name a `connection` from the config's "
+                "executors.sql.connections, or set executors.sql.allow_dsn: true in the config "
+                "(which lets pipelines reach any database)",
+                details={"field": "dsn"},
             )
         assert input.dsn is not None
         return input.dsn
@@ -388,8 +422,7 @@ class Sql(Executor):
                         if timeout is not None:
                             interrupt = await self._arm_timeout(conn, timeout)
                         results = [
-                            await self._run(conn, q, p, input.fetch, max_rows)
-                            for q, p in steps
+                            await self._run(conn, q, p, input.fetch, max_rows) for q, p in steps
                         ]
                     finally:
                         # Disarm before the connection goes back to the pool, so a late

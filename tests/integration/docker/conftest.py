@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import unavailable
+from tests.support import require, unavailable
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 TEST_IMAGE = "workplex-test/busybox:1"
@@ -139,7 +139,7 @@ def _unmount_under(root: Path) -> None:
 @pytest.fixture(scope="session")
 def docker_url() -> Iterator[str]:
     """The URL of a Docker engine that answers (DOCKER_HOST, or a private dockerd)."""
-    pytest.importorskip("docker")
+    require("docker")
     given = os.environ.get("DOCKER_HOST")
     if given:
         why = _wait_ready(given, None, None)

@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
-grpc = pytest.importorskip("grpc")
-pytest.importorskip("grpc_tools")
-pytest.importorskip("grpc_reflection")
-pytest.importorskip("grpc_health")
+from tests.support import require
+
+grpc = require("grpc")
+require("grpc_tools")
+require("grpc_reflection")
+require("grpc_health")
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_health.v1._async import HealthServicer  # noqa: E402
@@ -267,7 +269,7 @@ def _cert(
 @pytest.fixture(scope="session")
 def pki() -> Pki:
     """A self-signed CA, a server certificate for 127.0.0.1/localhost, a client certificate."""
-    pytest.importorskip("cryptography")
+    require("cryptography")
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 

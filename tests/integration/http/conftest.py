@@ -20,12 +20,13 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from tests.support import require
 from workplex.config import parse_config
 from workplex.executor import Result, Task
 from workplex.executors.http import Http
 from workplex.registry import Registry
 
-uvicorn = pytest.importorskip("uvicorn")
+uvicorn = require("uvicorn")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

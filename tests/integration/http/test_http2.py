@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
+from tests.support import require
+
 from .conftest import MakeRegistry, Receive, Scope, Send, ok
 
-hypercorn_asyncio = pytest.importorskip("hypercorn.asyncio")
-hypercorn_config = pytest.importorskip("hypercorn.config")
-pytest.importorskip("cryptography")
+hypercorn_asyncio = require("hypercorn.asyncio")
+hypercorn_config = require("hypercorn.config")
+require("cryptography")
 
 
 @dataclass

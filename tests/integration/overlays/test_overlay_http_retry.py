@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.support import require
 from tests.unit.overlays.conftest import StepClock
 from workplex.config import parse_config
 from workplex.executor import Task
@@ -54,7 +55,7 @@ def server() -> Iterator[str]:
 async def test_given_a_server_answering_503_twice_when_retried_then_retry_after_is_honoured(
     server: str,
 ) -> None:
-    pytest.importorskip("httpx")
+    require("httpx")
     clock = StepClock()
     config = parse_config(
         {

@@ -27,10 +27,11 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-pytest.importorskip("boto3")
-httpx = pytest.importorskip("httpx")
+from tests.support import free_port, require, unavailable
 
-from tests.support import free_port, unavailable  # noqa: E402
+require("boto3")
+httpx = require("httpx")
+
 from workplex.config import parse_config  # noqa: E402
 from workplex.executor import Secrets  # noqa: E402
 from workplex.executors.serverless import Serverless  # noqa: E402

@@ -20,10 +20,14 @@ MakeRegistry = Callable[..., Registry]
 @pytest.fixture
 async def make_registry() -> AsyncIterator[MakeRegistry]:
     """Builds registries holding only the sql executor with the given settings; all are
-    shut down (engines disposed) at the end of the test."""
+    shut down (engines disposed) at the end of the test.
+
+    Most tests pass inline DSNs, so ``allow_dsn: true`` is set unless the test says otherwise
+    (the executor's own default is false)."""
     made: list[Registry] = []
 
     def make(**settings: Any) -> Registry:
+        settings.setdefault("allow_dsn", True)
         config = parse_config({"executors": {"sql": settings}})
         registry = Registry(config, discover=False)
         registry.register(Sql)

@@ -9,6 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.support import require
 from tests.unit.overlays.conftest import MakeRegistry, StepClock
 from workplex.errors import MissingExtraError
 from workplex.executor import Context, Task
@@ -56,7 +57,7 @@ async def test_given_tracing_when_a_task_is_retried_then_spans_nest_run_stage_ta
 def test_given_otlp_without_its_package_when_built_then_the_error_names_the_package(
     make_registry: MakeRegistry,
 ) -> None:
-    pytest.importorskip("opentelemetry.sdk")
+    require("opentelemetry.sdk")
     try:
         import opentelemetry.exporter.otlp  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
