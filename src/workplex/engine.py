@@ -97,6 +97,9 @@ class RunResult:
     ended: float | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    """When paused: the approvals it waits for (``run_id``, ``stage``, ``message``), sub-runs
+    included, so a caller can say exactly what to approve."""
 
     @property
     def output(self) -> Any:
@@ -118,6 +121,7 @@ class RunResult:
             "started": self.started,
             "ended": self.ended,
             "duration": (self.ended - self.started) if self.ended else None,
+            **({"waiting": self.waiting} if self.waiting else {}),
         }
 
 
@@ -134,6 +138,7 @@ class _RunState:
         self.failure: str | None = None
         self.cancel_reason: str | None = None
         self.paused = False
+        self.tracer: Any = None
 
     def abort(self, reason: str, *, cancelled: bool = False) -> None:
         """Stop every running stage (fail fast)."""
@@ -428,6 +433,7 @@ class Engine:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._plans: dict[int, tuple[Pipeline, Plan]] = {}
         self._tracer: Any = _tracing_provider(registry)
+        self._tracing_checked: dict[int, Any] = {}
         self._opened = False
         self.runs: dict[str, _RunState] = {}
         """Runs in progress (by run id): their stage runs carry live counters for progress."""
@@ -483,6 +489,8 @@ class Engine:
                 ) from exc
             raise
         self.plan(pipeline)
+        _check_self_reference(pipeline)
+        self._tracer_for(self.plan(pipeline))  # a missing OTLP exporter is bad input, now
         return pipeline
 
     # ---- running -----------------------------------------------------------------------
@@ -501,6 +509,7 @@ class Engine:
         """
         plan = self.plan(pipeline)
         checked = plan.check_inputs(inputs)
+        self._tracer_for(plan)  # bad tracing setup is bad input: raised before the run is stored
         await self._check_backend(plan)
         run_id = run_id or new_run_id()
         result = RunResult(
@@ -509,8 +518,11 @@ class Engine:
         for name in plan.stages:
             result.stages[name] = StageResult(name)
         if self.store is not None:
+            # Absolute, so `workplex resume` finds the file (and its sub-pipelines) from any
+            # working directory.
+            path = _absolute(pipeline.path)
             await self.store.create_run(
-                run_id, pipeline.name, pipeline.to_document(), pipeline.path, checked,
+                run_id, pipeline.name, pipeline.to_document(), path, checked,
                 parent_run_id=parent_run_id,
             )
             url = getattr(self.backend, "url", None)
@@ -548,8 +560,7 @@ class Engine:
             if st.status not in ("succeeded", "skipped"):
                 finished = await self.store.finished_tasks(run_id, name)
                 priors[name] = {i: r for i, r in finished.items() if r.success}
-        await self.store.event(run_id, "resumed", {"owner": self.owner})
-        return await self._drive(plan, result, priors)
+        return await self._drive(plan, result, priors, resumed=True)
 
     async def run_child(
         self,
@@ -570,7 +581,12 @@ class Engine:
         await self.backend.check_executors(sorted(names))
 
     async def _drive(
-        self, plan: Plan, result: RunResult, priors: Mapping[str, Mapping[int, Result]]
+        self,
+        plan: Plan,
+        result: RunResult,
+        priors: Mapping[str, Mapping[int, Result]],
+        *,
+        resumed: bool = False,
     ) -> RunResult:
         scope: dict[str, Any] = {
             "trigger": result.inputs,
@@ -582,20 +598,25 @@ class Engine:
             if st.status in ("succeeded", "skipped"):
                 scope[name] = st.output
         state = _RunState(self, plan, result, scope)
+        # Before the lease: a missing OTLP exporter must not leave a run marked running.
+        tracer = state.tracer = self._tracer_for(plan)
         for name, sp in plan.stages.items():
             state.runs[name] = StageRun(state, sp, priors.get(name))
         store = self.store
         renew: asyncio.Task[None] | None = None
         if store is not None:
             await store.acquire_lease(result.run_id, self.owner, self.lease_ttl)
+            if resumed:
+                # Only now: a resume refused because another process holds the lease left no trace.
+                await store.event(result.run_id, "resumed", {"owner": self.owner})
             await store.run_update(result.run_id, "running")
             renew = asyncio.create_task(self._renew(state))
         self.runs[result.run_id] = state
         span: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self._tracer is not None:
+        if tracer is not None:
             from workplex.overlays.tracing import run_span
 
-            span = run_span(result.run_id, result.pipeline, provider=self._tracer or None)
+            span = run_span(result.run_id, result.pipeline, provider=tracer or None)
         try:
             span.__enter__()
             for name in plan.order:
@@ -628,11 +649,20 @@ class Engine:
             result.status, result.error = "failed", state.failure
         elif state.paused:
             result.status = "paused"
-            paused = [n for n, s in result.stages.items() if s.status == "paused"]
-            result.error = f"paused at stage {', '.join(paused)}"
+            paused = [(n, s.error) for n, s in result.stages.items() if s.status == "paused"]
+            result.error = "; ".join(
+                f"paused at stage {n}" + (f" ({why})" if why else "") for n, why in paused
+            )
         else:
             result.status = "succeeded"
         store = self.store
+        if store is not None and result.status == "paused":
+            with contextlib.suppress(WorkplexError):
+                await store.flush()
+                result.waiting = [
+                    {"run_id": p.run_id, "stage": p.stage, "message": p.message}
+                    for p in await store.pending_approvals(result.run_id)
+                ]
         if store is not None:
             try:
                 await store.run_update(result.run_id, result.status, output=result.output, error=result.error)
@@ -654,6 +684,46 @@ class Engine:
             run_id, st.name, st.status, output=st.output, error=st.error,
             total=st.total, started=st.started, ended=st.ended,
         )
+
+    def _tracer_for(self, plan: Plan) -> Any:
+        """The tracer provider for a run of ``plan`` (None: tracing off, "": the global one).
+
+        Tracing set only on a stage still gives the run and stage spans; an OTLP exporter is
+        created here, before the first task builds its call, so every span goes to it.
+        """
+        cached = self._tracing_checked.get(id(plan), False)
+        if cached is not False:
+            return cached
+        from workplex.overlays.chain import OverlayChain
+
+        chain = self.registry.overlays
+        provider = self._tracer
+        if isinstance(chain, OverlayChain) and "tracing" in chain:
+            from workplex.overlays.tracing import TracingConfig, otlp_provider
+
+            stage_settings = [
+                ((sp.settings or {}).get("tracing"), f"stage {sp.name!r}")
+                for sp in plan.stages.values()
+            ]
+            config_settings = [
+                ((s or {}).get("tracing"), f"overlays.{name}")
+                for name, s in self.registry.config.overlays.items()
+            ]
+            defaults = chain.defaults
+            configs: list[TracingConfig] = []
+            for value, where in [(defaults.get("tracing"), "overlays"), *config_settings, *stage_settings]:
+                if value in (None, False):
+                    continue
+                parsed = chain.parse({"tracing": value}, where).get("tracing")
+                if isinstance(parsed, TracingConfig):
+                    configs.append(parsed)
+            if configs:
+                otlp = next((c for c in configs if c.exporter == "otlp"), None)
+                if otlp is not None and chain.tracer_provider is None:
+                    chain.tracer_provider = otlp_provider(otlp.endpoint)
+                provider = chain.tracer_provider or ""
+        self._tracing_checked[id(plan)] = provider
+        return provider
 
     async def _renew(self, state: _RunState) -> None:
         store = self.store
@@ -697,12 +767,12 @@ class Engine:
                 await store.stage_update(state.result.run_id, name, "running", started=st.started)
                 await store.event(state.result.run_id, "stage.started", {"stage": name})
             try:
-                if self._tracer is None:
+                if state.tracer is None:
                     output = await sp.pattern.run(run)
                 else:
                     from workplex.overlays.tracing import stage_span
 
-                    with stage_span(state.result.run_id, name, provider=self._tracer or None):
+                    with stage_span(state.result.run_id, name, provider=state.tracer or None):
                         output = await sp.pattern.run(run)
             except StageFailed as exc:
                 st.status, st.error = "failed", str(exc)
@@ -736,6 +806,36 @@ class Engine:
             state.done[name].set()
             if store is not None and st.status != "pending":
                 await asyncio.shield(self._record_stage(state.result.run_id, st))
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute (no I/O beyond the working directory)."""
+    return os.path.abspath(path) if path else None
+
+
+def _check_self_reference(pipeline: Pipeline) -> None:
+    """A ``workflow`` stage whose constant ``pipeline`` is the file itself would nest runs
+    without end: refuse it when the pipeline loads (the executor also guards at run time)."""
+    if not pipeline.path:
+        return
+    own = Path(pipeline.path).resolve()
+    problems = []
+    for stage in pipeline.stages:
+        if stage.executor != "workflow" or not isinstance(stage.input, Mapping):
+            continue
+        target = stage.input.get("pipeline")
+        if not isinstance(target, str) or "$" in target or "{{" in target:
+            continue  # computed at run time: the executor's cycle check covers it
+        p = Path(target)
+        if not p.is_absolute():
+            p = own.parent / p
+        if p.resolve() == own:
+            problems.append(
+                f"{pipeline.path}: stage {stage.name!r}: input.pipeline {target!r} is this "
+                "pipeline itself; a workflow stage that runs its own file never ends"
+            )
+    if problems:
+        raise PipelineError("; ".join(problems), problems)
 
 
 def _tracing_provider(registry: Registry) -> Any:

@@ -9,6 +9,9 @@ raises ``RunPaused``: the engine stores the run as ``paused`` and the process ma
 - rejected: the task fails permanently with the comment;
 - no decision yet, and ``timeout`` has passed since the first request: ``default`` decides.
 
+The timeout is checked only when the stage runs, that is on a later ``workplex resume``:
+nothing wakes a paused run when the deadline passes. The pause message names the deadline.
+
 Security SAFE: it only reads and writes the run store the engine already uses.
 """
 
@@ -95,4 +98,11 @@ class Approval(Executor):
                 approved=True, comment="approved by default on timeout", at=now, timed_out=True
             )
         await store.flush()
-        raise RunPaused(f"stage {ctx.stage!r} waits for approval: {input.message}")
+        why = f"stage {ctx.stage!r} waits for approval: {input.message}"
+        if input.timeout is not None:
+            deadline = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(requested + input.timeout))
+            why += (
+                f"; timeout at {deadline}: a resume after that, still undecided, "
+                f"decides {input.default!r}"
+            )
+        raise RunPaused(why)

@@ -5,6 +5,10 @@ same sub-run is found again: a finished one gives its stored result, an unfinish
 resumed, and only a missing one starts afresh. A relative ``pipeline`` path is taken
 relative to the parent pipeline's file (else the working directory).
 
+A sub-run may not nest deeper than ``max_depth`` (config, default 16) below the top run,
+and may not run a pipeline file that is already running above it in the chain (a cycle):
+both fail the stage with a clear error instead of nesting runs without end.
+
 Security SAFE: the executor itself touches nothing; every stage of the sub-pipeline is
 checked against ``max_security`` like any other stage when the sub-pipeline loads, so a
 sub-pipeline cannot use more than the deployment allows.
@@ -18,7 +22,15 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from workplex.errors import PermanentError, PipelineError, ValidationError
-from workplex.executor import Context, Executor, SecurityLevel
+from workplex.executor import Context, Executor, ExecutorConfig, SecurityLevel
+
+DEFAULT_MAX_DEPTH = 16
+
+
+class WorkflowConfig(ExecutorConfig):
+    max_depth: int = Field(
+        DEFAULT_MAX_DEPTH, ge=1, description="How deep sub-runs may nest below the top run."
+    )
 
 
 class WorkflowInput(BaseModel):
@@ -41,6 +53,7 @@ class Workflow(Executor):
 
     Input = WorkflowInput
     Output = WorkflowOutput
+    Config = WorkflowConfig
 
     async def execute(self, input: WorkflowInput, ctx: Context) -> WorkflowOutput:
         engine = ctx.engine
@@ -64,13 +77,45 @@ class Workflow(Executor):
                 if stored is not None and stored.status != "cancelled":
                     result = await engine.resume(child_id)
                     return _checked(result.to_dict(), result.output)
-            pipeline = engine.load(self._path(input.pipeline, ctx))
+            path = self._path(input.pipeline, ctx)
+            self._guard(path, ctx)
+            pipeline = engine.load(path)
             result = await engine.run(
                 pipeline, input.inputs, run_id=child_id, parent_run_id=ctx.run_id or None
             )
         except (PipelineError, ValidationError) as exc:
             raise PermanentError(f"sub-pipeline {input.pipeline}: {exc}") from exc
         return _checked(result.to_dict(), result.output)
+
+    def _guard(self, path: Path, ctx: Context) -> None:
+        """Refuse a sub-run that would be too deep or would run a file already running above."""
+        engine = ctx.engine
+        assert engine is not None
+        chain: list[tuple[str, str]] = []  # (run id, resolved pipeline path), innermost first
+        run_id: str | None = ctx.run_id
+        seen: set[str] = set()
+        while run_id and run_id not in seen:
+            seen.add(run_id)
+            state = engine.runs.get(run_id)
+            if state is None:
+                break
+            parent_path = getattr(state.plan.pipeline, "path", None)
+            chain.append((run_id, str(Path(parent_path).resolve()) if parent_path else ""))
+            run_id = state.result.parent_run_id
+        max_depth = getattr(self.config, "max_depth", DEFAULT_MAX_DEPTH)
+        if len(chain) > max_depth:
+            raise PermanentError(
+                f"stage {ctx.stage!r}: sub-pipeline {path}: sub-runs nest deeper than "
+                f"max_depth={max_depth} (config executors.workflow.max_depth)"
+            )
+        target = str(path.resolve())
+        files = [p for _, p in reversed(chain)]
+        if target in files:
+            cycle = " -> ".join([*files[files.index(target):], target])
+            raise PermanentError(
+                f"stage {ctx.stage!r}: sub-pipeline {path} is already running above this "
+                f"stage (a cycle: {cycle}); a pipeline may not run itself as a sub-run"
+            )
 
     @staticmethod
     def _path(path: str, ctx: Context) -> Path:

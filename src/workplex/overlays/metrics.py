@@ -22,7 +22,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workplex.errors import MissingExtraError
+from workplex.errors import MissingExtraError, ValidationError
 from workplex.executor import Context
 from workplex.overlays.chain import Overlay, OverlayConfig
 from workplex.registry import Call
@@ -165,5 +165,11 @@ def serve_metrics(
 
     if isinstance(registry, OverlayChain):
         registry = registry.metrics_registry
-    server, thread = prom.start_http_server(port, addr=host, registry=registry or prom.REGISTRY)
+    if not 0 <= port <= 65535:
+        raise ValidationError(f"metrics port {port}: not a TCP port (use 0 to 65535)")
+    try:
+        server, thread = prom.start_http_server(port, addr=host, registry=registry or prom.REGISTRY)
+    except (OSError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ValidationError(f"metrics port {port}: cannot listen on {host}:{port}: {why}") from exc
     return MetricsServer(host, int(server.server_port), server, thread)

@@ -8,6 +8,7 @@ await store.close()
 from workplex.store.store import (
     DEFAULT_MAX_OUTPUT,
     Approval,
+    PendingApproval,
     RunNotFoundError,
     Store,
     StoredEvent,
@@ -20,6 +21,7 @@ from workplex.store.url import default_path, driver_url, resolve_url
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
     "Approval",
+    "PendingApproval",
     "RunNotFoundError",
     "Store",
     "StoredEvent",

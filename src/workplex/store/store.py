@@ -63,6 +63,8 @@ DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Largest serialized output (bytes) kept per task or stage; larger ones are truncated."""
 MAX_OUTPUT_ENV = "WORKPLEX_STORE_MAX_OUTPUT"
 PREVIEW_CHARS = 2048
+TRUNCATED_TEXT = " ... [truncated: {size} bytes]"
+"""The marker appended to a text (error message, event field) cut to the output cap."""
 TERMINAL_RUN = frozenset(t.FINISHED)
 
 
@@ -148,6 +150,16 @@ class Approval:
     comment: str | None
     by: str | None
     at: float
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """A stage waiting for a decision: ``run_id`` may be a sub-run of the run asked about."""
+
+    run_id: str
+    stage: str
+    message: str | None
+    requested: float
 
 
 @dataclass(frozen=True)
@@ -369,6 +381,7 @@ class Store:
         values: dict[str, Any] = {"status": status, "updated": now}
         if output is not None:
             values["output"] = self._dump_output(output)
+        error = self.cap_text(error)
         if status in ("running", "pending"):
             values["error"] = error
             values["ended"] = None
@@ -404,6 +417,7 @@ class Store:
             values["total"] = total
         if started is not None:
             values["started"] = started
+        error = self.cap_text(error)
         if status in ("running", "pending"):
             values["error"] = error
             values["ended"] = ended
@@ -465,7 +479,7 @@ class Store:
                 time.time(),
                 kind,
                 str(stage) if stage is not None else None,
-                _dumps(dict(data)),
+                self._dump_event(data),
             )
         )
         if len(self._events) >= self._batch_rows:
@@ -545,7 +559,7 @@ class Store:
             executor,
             "succeeded" if result.success else "failed",
             None if result.output is None else self._dump_output(result.output),
-            None if err is None else _dumps(err.to_dict()),
+            None if err is None else self._dump_error(err),
             result.exit_code,
             m.attempts if m is not None else 1,
             m.start if m is not None else None,
@@ -563,6 +577,42 @@ class Store:
             return data
         preview = data[: min(PREVIEW_CHARS, self.max_output_bytes // 2)]
         return _dumps({"truncated": True, "preview": preview, "size": size})
+
+    def cap_text(self, text: str | None) -> str | None:
+        """``text`` cut to the output cap (an error message, an event field), with a marker
+        saying how large it was."""
+        if text is None or len(text) <= self.max_output_bytes // 4:
+            return text  # at most 4 bytes per character: surely within the cap
+        size = len(text.encode())
+        if size <= self.max_output_bytes:
+            return text
+        preview = text[: min(PREVIEW_CHARS, self.max_output_bytes // 2)]
+        return f"{preview}{TRUNCATED_TEXT.format(size=size)}"
+
+    def _dump_error(self, err: ErrorInfo) -> str:
+        data = _dumps(err.to_dict())
+        if len(data) <= self.max_output_bytes:
+            return data
+        capped = err.to_dict()
+        capped["message"] = self.cap_text(err.message)
+        if "details" in capped:
+            capped["details"] = _loads(self._dump_output(capped["details"]))
+        return _dumps(capped)
+
+    def _dump_event(self, data: Mapping[str, Any]) -> str:
+        text = _dumps(dict(data))
+        if len(text) <= self.max_output_bytes:
+            return text
+        # Each large field is cut on its own, so ``stage`` and the small fields stay readable.
+        capped: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, str):
+                capped[key] = self.cap_text(value)
+            elif isinstance(value, int | float | bool) or value is None:
+                capped[key] = value
+            else:
+                capped[key] = _loads(self._dump_output(value))
+        return _dumps(capped)
 
     # ---- leases and cancellation ------------------------------------------------------
     async def acquire_lease(self, run_id: str, owner: str, ttl: float) -> None:
@@ -755,6 +805,46 @@ class Store:
             {"stage": stage, "approved": approved, "comment": comment, "by": by},
         )
         await self.flush()
+
+    async def pending_approvals(self, run_id: str) -> list[PendingApproval]:
+        """The stages waiting for a decision in this run and in its paused sub-runs (at any
+        depth), in the order they were requested."""
+        await self.flush()
+        a = t.approvals.c
+        s = t.stages.c
+        found: list[PendingApproval] = []
+        todo = [run_id]
+        seen: set[str] = set()
+        async with self._engine.connect() as conn:
+            while todo:
+                rid = todo.pop(0)
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                rows = (
+                    await conn.execute(
+                        select(a.stage, a.message, a.requested)
+                        .select_from(
+                            t.approvals.join(
+                                t.stages, and_(s.run_id == a.run_id, s.name == a.stage)
+                            )
+                        )
+                        .where(a.run_id == rid, a.approved.is_(None), s.status == "paused")
+                        .order_by(a.requested)
+                    )
+                ).all()
+                found.extend(
+                    PendingApproval(rid, r.stage, r.message, float(r.requested)) for r in rows
+                )
+                children = (
+                    await conn.execute(
+                        select(t.runs.c.run_id)
+                        .where(t.runs.c.parent_run_id == rid, t.runs.c.status == "paused")
+                        .order_by(t.runs.c.created)
+                    )
+                ).all()
+                todo.extend(str(c.run_id) for c in children)
+        return found
 
     # ---- reading ----------------------------------------------------------------------
     async def get_run(self, run_id: str) -> StoredRun | None:
