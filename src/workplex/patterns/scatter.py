@@ -18,8 +18,9 @@ class ScatterConfig(PatternConfig):
     batch_size: int = Field(
         default=1,
         ge=1,
-        description="Items handed to the executor per call when it supports batches; "
-        "otherwise items are dispatched batch by batch.",
+        description="Items handed to the executor per call when it supports batches "
+        "(one call through its overlays); ignored for executors without batch support, "
+        "whose items are dispatched one by one within max_parallel.",
     )
 
 
