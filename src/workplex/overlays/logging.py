@@ -115,6 +115,11 @@ class Logging(Overlay):
         return with_secrets
 
     def wrap_attempt(self, next: Call, executor: str, config: LoggingConfig) -> Call:
+        if not structlog.is_configured():
+            # Turned on only in a stage: structlog's own default prints to stdout, where it
+            # would mix with `workplex run --json`. Ours goes to stderr. (Before the logger
+            # below binds its methods, which fixes the configuration it uses.)
+            configure_logging()
         logger = structlog.get_logger("workplex.overlays")
         log = getattr(logger, config.level)
         # One line per attempt by default (its end, with outcome and duration); the start

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,26 @@ def test_given_a_terminal_or_not_when_configured_then_json_is_chosen_for_non_ter
     configure_logging(json=False, stream=console)
     structlog.get_logger("t").info("hello")
     assert not console.getvalue().startswith("{")
+
+
+def test_given_logging_only_on_a_stage_when_run_with_json_then_log_lines_go_to_stderr(
+    tmp_path: Path,
+) -> None:
+    pipeline = tmp_path / "logged.yaml"
+    pipeline.write_text(
+        "name: logged\n"
+        "stages:\n"
+        "  - name: hello\n"
+        "    executor: echo\n"
+        "    input: {greeting: hi}\n"
+        "    overlays: {logging: {}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WORKPLEX_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "workplex.cli", "run", str(pipeline), "--json", "--no-store"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"  # nothing but the result
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(line.get("stage") == "hello" for line in lines), done.stderr
