@@ -433,6 +433,15 @@ class Executor:
     def __init__(self) -> None:
         self.config: Any = self.Config()
 
+    @classmethod
+    def security_for(cls, config: Any) -> SecurityLevel:
+        """The security level with these settings (default: the class's ``security``).
+
+        Override when a setting widens what the executor can reach, so ``max_security``
+        judges the executor as configured (``sql`` with ``allow_dsn: true`` is privileged).
+        """
+        return cls.security
+
     async def startup(self, config: Any) -> None:
         """Called once before the first task, with the validated ``Config``."""
         self.config = config

@@ -106,6 +106,13 @@ class _Entry:
     start_lock: asyncio.Lock | None = None
     terminal: Call | None = None
     calls: dict[Any, Call] = field(default_factory=dict)
+    security: SecurityLevel = SecurityLevel.PRIVILEGED
+    """The level as configured (``cls.security_for(config)``), which max_security judges."""
+
+
+def _why_level(entry: _Entry) -> str:
+    """`` (with its settings)`` when the config raised the class's own level."""
+    return "" if entry.security == entry.cls.security else " (with its settings)"
 
 
 def check_executor_class(obj: Any, distribution: str, entry_name: str = "") -> type[Executor]:
@@ -230,6 +237,7 @@ class Registry:
             settings=settings,
             enabled=enabled,
             config=config,
+            security=cls.security_for(config),
         )
 
     # ---- lookup -------------------------------------------------------------------
@@ -249,9 +257,10 @@ class Registry:
                 f"unknown executor {name!r}: it {state}. Available executors: {known}",
                 [("type", f"unknown executor {name!r}")],
             )
-        if not self.max_security.allows(entry.cls.security):
+        if not self.max_security.allows(entry.security):
             raise SecurityRefusedError(
-                f"executor {name!r} has security level {entry.cls.security.value!r}, above the "
+                f"executor {name!r} has security level {entry.security.value!r}"
+                f"{_why_level(entry)}, above the "
                 f"configured max_security {self.max_security.value!r}",
                 [("type", "security level refused")],
             )
@@ -274,10 +283,10 @@ class Registry:
             name=cls.name,
             description=cls.description,
             version=cls.version,
-            security=cls.security,
+            security=entry.security,
             capabilities=cls.capabilities.as_dict(),
             distribution=entry.distribution,
-            enabled=entry.enabled and self.max_security.allows(cls.security),
+            enabled=entry.enabled and self.max_security.allows(entry.security),
             input_schema=cls.Input.model_json_schema(),
             output_schema=cls.Output.model_json_schema(),
         )
@@ -364,7 +373,7 @@ class Registry:
                 self._entry(name)  # raises the usual "unknown executor" error
 
         async def check(name: str) -> dict[str, Any]:
-            if not self.max_security.allows(self._entries[name].cls.security):
+            if not self.max_security.allows(self._entries[name].security):
                 return {"ok": False, "detail": "refused by max_security"}
             try:
                 async with asyncio.timeout(timeout):

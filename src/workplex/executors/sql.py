@@ -282,6 +282,11 @@ class Sql(Executor):
     name = "sql"
     description = "Runs a parameterized SQL query (or statements in one transaction) against a DSN."
     security = SecurityLevel.TRUSTED
+
+    @classmethod
+    def security_for(cls, config: Any) -> SecurityLevel:
+        # Inline DSNs reach any database, not only the configured ones.
+        return SecurityLevel.PRIVILEGED if getattr(config, "allow_dsn", False) else cls.security
     capabilities = Capabilities(network=True, filesystem=True)
 
     Input = SqlInput

@@ -72,6 +72,27 @@ async def test_inline_dsn_accepted_with_allow_dsn(make_registry: MakeRegistry, d
     assert out["rows"] == [{"seven": 7}]
 
 
+async def test_allow_dsn_makes_sql_privileged_so_a_trusted_deployment_refuses_it(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "never.db"
+    settings = {"executors": {"sql": {"allow_dsn": True}}}
+    trusted = Registry(parse_config({**settings, "max_security": "trusted"}), discover=False)
+    trusted.register(Sql)
+    assert trusted.info("sql").security is SecurityLevel.PRIVILEGED
+    assert not trusted.info("sql").enabled
+    async with trusted:
+        refused = await trusted.execute(Task("sql", {"dsn": f"sqlite:///{db}", "query": "SELECT 1"}))
+    assert refused.error is not None and refused.error.type == "SecurityRefusedError"
+    assert "'privileged' (with its settings)" in refused.error.message
+    assert not db.exists()
+    privileged = Registry(parse_config(settings), discover=False)
+    privileged.register(Sql)
+    async with privileged:
+        allowed = await privileged.execute(Task("sql", {"dsn": f"sqlite:///{db}", "query": "SELECT 1"}))
+    assert allowed.success, allowed.error
+
+
 # ---- health ----------------------------------------------------------------------------
 class Relay:
     """A TCP relay on 127.0.0.1 to a real server; stopping it makes the server unreachable
