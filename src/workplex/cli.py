@@ -428,10 +428,17 @@ def summarize_run(data: dict[str, Any]) -> None:
     if status == "paused":
         paused = [n for n, st in data["stages"].items() if st.get("status") == "paused"]
         where = paused[0] if len(paused) == 1 else "STAGE"
+        # The engine lists the approvals it waits for, sub-runs' included: name those.
+        approvals = [
+            f"  workplex approve {w['run_id']} {w['stage']}   (or --reject)"
+            + ("" if w["run_id"] == data["run_id"] else "   (a sub-run of this run)")
+            for w in data.get("waiting") or []
+        ] or [f"  workplex approve {data['run_id']} {where}   (or --reject)"]
         console.print(
             f"The run is paused ({escape(str(data.get('error')))}). Continue it with:\n"
-            f"  workplex approve {data['run_id']} {where}   (or --reject)\n"
-            f"  workplex resume {data['run_id']}"
+            + escape("\n".join(approvals))
+            + f"\n  workplex resume {data['run_id']}",
+            highlight=False,
         )
 
 
@@ -611,6 +618,9 @@ def run(
     """Run a pipeline file. Exit 0 when it succeeds (or pauses), 1 when it fails, 2 on bad input."""
     from workplex.engine import new_run_id
 
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        fail(f"--metrics-port {metrics_port}: not a TCP port (use 1 to 65535, or 0 for any free one)")
+
     inputs = parse_inputs(input or [], inputs_file)
     registry = build_registry()
     run_id = new_run_id()
@@ -699,10 +709,20 @@ def worker_(
         int, typer.Option("--max-deliver", metavar="N", help="Deliveries before a task is dead-lettered.")
     ] = 5,
     fetch_batch: Annotated[int, typer.Option("--fetch-batch", metavar="N", help="Tasks per pull request.")] = 256,
-    replicas: Annotated[int, typer.Option("--replicas", metavar="N", help="Stream replicas (cluster).")] = 1,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas", metavar="N",
+            help="Stream replicas (cluster; default 1). Given: existing streams are updated to it.",
+        ),
+    ] = None,
     storage: Annotated[
-        str, typer.Option("--storage", metavar="KIND", help="Stream storage when creating: file or memory.")
-    ] = "file",
+        str | None,
+        typer.Option(
+            "--storage", metavar="KIND",
+            help="Stream storage, file (default) or memory. Given: existing streams must have it.",
+        ),
+    ] = None,
     redeliver_retryable: Annotated[
         bool,
         typer.Option(
@@ -742,8 +762,11 @@ def worker_(
             nak_delay=nak_delay,
             redeliver_retryable=redeliver_retryable,
             connect_options=ConnectOptions(nats_creds, tls_ca, tls_cert, tls_key),
-            stream_settings=StreamSettings(replicas=replicas, storage=storage),
+            stream_settings=StreamSettings(replicas=replicas or 1, storage=storage or "file"),
+            update_streams=replicas is not None or storage is not None,
         )
+        if storage not in (None, "file", "memory"):
+            raise ConfigError(f"--storage: {storage!r} is not file or memory")
     except ConfigError as exc:
         fail(str(exc))
     typer.echo(
@@ -871,6 +894,8 @@ def runs_(
     """List recorded runs, newest first."""
     if status is not None and status not in _RUN_STATUSES:
         fail(f"--status {status!r}: not a run status; use one of {', '.join(_RUN_STATUSES)}")
+    if limit < 1:
+        fail(f"--limit {limit}: must be at least 1")
 
     async def go() -> Any:
         async with _open_store(store) as s:
@@ -1106,6 +1131,49 @@ def resume(
     _resume_and_report(run_id, store, as_json, backend, options)
 
 
+async def _approval_target(s: Any, run_id: str, stage: str) -> Any:
+    """The pending approval ``approve RUN STAGE`` decides: the stage's own, or, for a
+    workflow stage, the one its paused sub-run waits for. Exit 2 naming what waits otherwise."""
+    pending = await s.pending_approvals(run_id)
+    own = [p for p in pending if p.run_id == run_id and p.stage == stage]
+    if own:
+        return own[0]
+    below = [p for p in pending if p.run_id.startswith(f"{run_id}:{stage}:")]
+    if len(below) == 1:
+        return below[0]
+    waiting = ", ".join(
+        repr(p.stage) if p.run_id == run_id else f"{p.stage!r} of sub-run {p.run_id}" for p in pending
+    )
+    if below:
+        fail(
+            f"stage {stage!r} of run {run_id} runs sub-runs waiting at several stages ({waiting}); "
+            "approve one of them: workplex approve SUB_RUN_ID STAGE"
+        )
+    fail(
+        f"stage {stage!r} of run {run_id} is not waiting for approval; "
+        + (f"waiting: {waiting}" if pending else "no stage of this run waits for approval")
+    )
+
+
+async def _fail_rejected(s: Any, run_id: str, target: Any, who: str, comment: str | None, now: float) -> None:
+    """A rejection of a paused run: the stage fails, and so does each run up to ``run_id``."""
+    why = f"stage {target.stage!r} was rejected by {who}: {comment or 'no comment'}"
+    rid, name = target.run_id, target.stage
+    while True:
+        await s.stage_update(rid, name, "failed", error=why, ended=now)
+        await s.run_update(rid, "failed", error=f"stage {name!r} failed: {why}")
+        if rid == run_id:
+            return
+        child = await s.get_run(rid)
+        parent = child.parent_run_id if child is not None else None
+        if not parent:
+            return
+        # A sub-run's id is "<parent>:<stage>:<index>:sub" (the workflow task's id + ":sub").
+        name = rid[len(parent) + 1 :].removesuffix(":sub").rsplit(":", 1)[0]
+        why = f"sub-run {rid} failed: {why}"
+        rid = parent
+
+
 @app.command("approve")
 def approve(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The paused run.")],
@@ -1134,28 +1202,39 @@ def approve(
 
     who = by or getpass.getuser()
 
-    async def go() -> Any:
+    async def go() -> tuple[Any, Any, bool]:
         async with _open_store(store) as s:
             run = await _require_run(s, run_id)
             if stage not in run.stages:
                 fail(f"run {run_id} has no stage {stage!r}; its stages: {', '.join(run.stages)}")
             if run.status in ("succeeded", "failed", "cancelled"):
                 fail(f"run {run_id} has already {run.status}; it waits for no approval")
-            await s.set_approval(run_id, stage, not reject, comment, by=who)
+            target = await _approval_target(s, run_id, stage)
+            await s.set_approval(target.run_id, target.stage, not reject, comment, by=who)
+            failed_now = False
             if reject and not resume_now and run.status == "paused":
-                why = f"stage {stage!r} was rejected by {who}: {comment or 'no comment'}"
-                await s.stage_update(run_id, stage, "failed", error=why, ended=time.time())
-                await s.run_update(run_id, "failed", error=f"stage {stage!r} failed: {why}")
-            return run
+                await _fail_rejected(s, run_id, target, who, comment, time.time())
+                failed_now = True
+            return run, target, failed_now
 
-    run = run_async(go())
+    run, target, failed_now = run_async(go())
     verb = "rejected" if reject else "approved"
     if not resume_now:
-        typer.echo(f"stage {stage!r} of run {run_id} {verb} by {who}")
-        if reject:
-            typer.echo(f"run {run_id} failed: rejected" + (f" ({comment})" if comment else ""))
+        where = f"stage {target.stage!r} of run {target.run_id}"
+        if target.run_id != run_id:
+            where = f"stage {target.stage!r} of sub-run {target.run_id} (stage {stage!r} of run {run_id})"
+        typer.echo(f"{where} {verb} by {who}")
+        if failed_now:
+            typer.echo(f"run {run_id} failed: stage {stage!r} rejected" + (f" ({comment})" if comment else ""))
         elif run.status == "paused":
             typer.echo(f"continue it with: workplex resume {run_id}")
+        else:
+            # Someone drives the run now: the decision is read when the stage runs again.
+            owner = f" (driven by {run.lease_owner})" if run.lease_owner else ""
+            typer.echo(
+                f"run {run_id} is {run.status}{owner}; the decision applies when the run "
+                f"next pauses and is resumed: workplex resume {run_id}"
+            )
         raise typer.Exit(EXIT_OK)
     options = backend_options(wait_for_workers, nats_creds, tls_ca, tls_cert, tls_key)
     _resume_and_report(run_id, store, as_json, backend, options)

@@ -13,8 +13,9 @@ wait for JetStream's publish ack, then ack the task. A failure whose error is re
 the last allowed delivery, which reports it; other failures are final. A payload that
 cannot be processed (bad JSON, invalid input) is reported failed and terminated
 (``term``); a task whose executor cannot start at all is handed back with a delayed
-``nak``. Long tasks send in-progress
-acks, so the ack wait only has to cover a dead worker, not a slow task.
+``nak``. Once its result is stored, a task is acked when it succeeded and terminated
+(``term``) when it failed, so JetStream never redelivers a final failure. Long tasks send in-progress acks, so the ack
+wait only has to cover a dead worker, not a slow task.
 
 SIGTERM: stop pulling, hand back queued tasks, finish running ones within ``grace``
 seconds, hand back the rest, remove this worker from the KV bucket, exit 0.
@@ -280,6 +281,7 @@ class Worker:
         redeliver_retryable: bool = True,
         connect_options: ConnectOptions | None = None,
         stream_settings: StreamSettings | None = None,
+        update_streams: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1 (got {concurrency})")
@@ -300,6 +302,8 @@ class Worker:
         self.redelivered = 0
         self.connect_options = connect_options or ConnectOptions(name=f"workplex-worker {self.id}")
         self.stream_settings = stream_settings or StreamSettings()
+        # Existing streams keep their settings unless this worker was told to change them.
+        self.update_streams = update_streams
         self.executors = self._choose(executors)
         self.slots = _Slots(concurrency)
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -317,7 +321,7 @@ class Worker:
         allowed = [
             n
             for n in registry.names()
-            if registry.max_security.allows(registry._entries[n].cls.security)
+            if registry.max_security.allows(registry._entries[n].security)
         ]
         if wanted:
             unknown = [n for n in wanted if n not in allowed]
@@ -456,7 +460,20 @@ class Worker:
             deliveries = 1
         meta = {"worker": self.id, "deliveries": deliveries}
         if "payload_ref" in task:
-            payload = loads(await get_blob(self.layout, task["payload_ref"]))
+            try:
+                payload = loads(await get_blob(self.layout, task["payload_ref"]))
+            except load_nats().js.errors.NotFoundError:
+                # Deleted by the controller once a result arrived: this is a stale copy.
+                gone = Result.failure(
+                    BackendError(
+                        f"the payload of task {tid} ({task['payload_ref']}) is no longer in "
+                        "the object store (its result was already recorded)"
+                    ),
+                    task_id=tid,
+                )
+                gone.metadata = meta
+                sender.add(reply, tid, dispatch, gone, msg, term=True)
+                return
         else:
             payload = task.get("payload")
         try:
@@ -508,7 +525,8 @@ class Worker:
             return
         result.metadata = {**result.metadata, **meta} if result.metadata else meta
         self.completed += 1
-        sender.add(reply, tid, dispatch, result, msg)
+        # A final failure is terminated, not acked: JetStream records that it was given up.
+        sender.add(reply, tid, dispatch, result, msg, term=not result.success)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -528,7 +546,9 @@ class Worker:
         runners: list[asyncio.Task[Any]] = []
         dead_stop = asyncio.Event()
         try:
-            self._layout = await ensure_layout(self.nc, self.stream_settings)
+            self._layout = await ensure_layout(
+                self.nc, self.stream_settings, update=self.update_streams
+            )
             await self.registry.startup(self.executors)
             await self._bind()
             sender = _ResultSender(self)

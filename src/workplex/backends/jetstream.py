@@ -1,8 +1,9 @@
 """The JetStream layout shared by the ``nats`` backend and ``workplex worker``: streams,
 subjects, the workers KV bucket, the payload object store, and dead letters.
 
-Layout on the server (created idempotently by the controller and by every worker, with
-the settings of :class:`StreamSettings`):
+Layout on the server (whatever is missing is created by the controller or a worker with
+its :class:`StreamSettings`; existing streams are left as they are, except by a worker
+given stream settings explicitly):
 
 ========================  ====================================  ==============================
 name                      subjects                              purpose
@@ -20,8 +21,9 @@ name                      subjects                              purpose
 A task message is JSON: ``id``, ``type``, ``payload`` (or ``payload_ref`` into the object
 store), ``metadata``, ``run_id``, ``stage``, ``index``, ``settings`` (the stage's overlay
 settings as canonical JSON text), ``reply`` (the results subject) and ``dispatch`` (its
-``Nats-Msg-Id``: the task id, or ``<task id>#<n>`` when it is dispatched again after
-``n`` failed results). The header makes JetStream drop a task dispatched again (after
+``Nats-Msg-Id``: the task id, ``<task id>#<n>`` when it is dispatched again after ``n``
+failed results, ``<task id>#<n>.<m>`` when an earlier dispatch was withdrawn or can no
+longer report). The header makes JetStream drop a task dispatched again (after
 ``workplex resume``) inside the duplicate window. A results message is a JSON list of
 ``Result.to_dict()`` objects (or ``{"task_id", "ref", "success"}`` for one kept in the
 object store).
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import ssl
@@ -220,22 +223,50 @@ class Layout:
     max_payload: int
 
 
-async def _ensure_stream(js: Any, config: Any) -> None:
+_log = logging.getLogger("workplex.nats")
+
+
+def _storage_name(value: Any) -> str:
+    return str(getattr(value, "value", value) or "file").lower()
+
+
+async def _ensure_stream(js: Any, config: Any, update: bool) -> None:
+    """Create the stream when it is missing. An existing one is left as it is (its
+    settings belong to whoever set it up, e.g. workers started with ``--replicas 3``),
+    unless ``update`` (settings passed explicitly to a worker) asks to bring it to
+    ``config``; a difference in storage or replicas is logged."""
     nats = load_nats()
     try:
         await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        # Exists with other settings: bring it to ours (immutable fields raise here).
-        try:
-            await js.update_stream(config)
-        except Exception as exc:
-            raise BackendError(
-                f"stream {config.name} exists with settings that cannot be changed: {exc}"
-            ) from exc
+        return
+    except nats.js.errors.BadRequestError as exc:
+        if not update:
+            try:
+                have = (await js.stream_info(config.name)).config
+            except Exception:
+                raise BackendError(f"cannot create stream {config.name}: {exc}") from exc
+            theirs = (_storage_name(have.storage), have.num_replicas or 1)
+            ours = (_storage_name(config.storage), config.num_replicas or 1)
+            if theirs != ours:
+                _log.info(
+                    "stream %s exists with storage=%s replicas=%s; kept as it is (not %s/%s)",
+                    config.name, *theirs, *ours,
+                )
+            return
+    try:
+        await js.update_stream(config)
+    except Exception as exc:
+        raise BackendError(
+            f"stream {config.name} exists with settings that cannot be changed to "
+            f"storage={_storage_name(config.storage)} replicas={config.num_replicas}: {exc} "
+            "(delete the WORKPLEX_* streams and buckets to change storage)"
+        ) from exc
 
 
-async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
-    """Create (or update) every stream and bucket; safe to call from many processes."""
+async def ensure_layout(nc: Any, settings: StreamSettings, *, update: bool = False) -> Layout:
+    """Create every missing stream and bucket with ``settings``; safe to call from many
+    processes. Existing ones are kept as they are unless ``update`` is true (a worker
+    given ``--replicas``/``--storage`` explicitly), which updates the streams."""
     nats = load_nats()
     api = nats.js.api
     js = nc.jetstream(publish_async_max_pending=8192)
@@ -252,6 +283,7 @@ async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
                 duplicate_window=min(settings.duplicate_window, settings.task_max_age),
                 **common,
             ),
+            update,
         )
         await _ensure_stream(
             js,
@@ -263,6 +295,7 @@ async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
                 duplicate_window=min(settings.duplicate_window, settings.result_max_age),
                 **common,
             ),
+            update,
         )
         await _ensure_stream(
             js,
@@ -274,6 +307,7 @@ async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
                 duplicate_window=min(settings.duplicate_window, settings.result_max_age),
                 **common,
             ),
+            update,
         )
         await _ensure_stream(
             js,
@@ -284,6 +318,7 @@ async def ensure_layout(nc: Any, settings: StreamSettings) -> Layout:
                 max_age=settings.result_max_age,
                 **common,
             ),
+            update,
         )
         await js.add_consumer(
             ADVISORY_STREAM,
@@ -331,6 +366,12 @@ async def put_blob(layout: Layout, name: str, data: bytes) -> None:
 async def get_blob(layout: Layout, name: str) -> bytes:
     obj = await layout.payloads.get(name)
     return bytes(obj.data or b"")
+
+
+async def delete_blob(layout: Layout, name: str) -> None:
+    """Remove an object (its chunks are purged); a missing one is not an error."""
+    with contextlib.suppress(Exception):
+        await layout.payloads.delete(name)
 
 
 # ---- live workers --------------------------------------------------------------------------
@@ -382,7 +423,9 @@ def dead_letter_message(deliveries: int) -> str:
 
 
 async def handle_dead_letter(layout: Layout, advisory: Any) -> None:
-    """Move a task past its max deliveries to ``workplex.dead.<executor>``, report it failed.
+    """Record a task past its max deliveries in ``workplex.dead.<executor>`` (its id, run,
+    stage, index, executor, dispatch id and deliveries; never the payload), remove it from
+    the queue and report it failed.
 
     Every step is idempotent (message ids, a missing task means already handled), so the
     workers and the controller can all run this on the shared durable consumer.
@@ -413,7 +456,18 @@ async def handle_dead_letter(layout: Layout, advisory: Any) -> None:
         return
     subject = dead_subject(executor)
     headers = {MSG_ID: f"dead:{dispatch}", "Workplex-Deliveries": str(deliveries)}
-    await js.publish(subject, raw.data or b"", headers=headers)
+    # Only what identifies the task: its payload (secrets resolved) and settings stay out.
+    record = {
+        "id": task_id,
+        "type": executor,
+        "run_id": task.get("run_id"),
+        "stage": task.get("stage"),
+        "index": task.get("index"),
+        "dispatch": dispatch,
+        "deliveries": deliveries,
+        "stream_seq": seq,
+    }
+    await js.publish(subject, dumps(record), headers=headers)
     result = Result.failure(
         ErrorInfo(
             DEAD_LETTER_ERROR,

@@ -44,6 +44,7 @@ from workplex.backends.jetstream import (
     StreamSettings,
     connect,
     dead_letter_loop,
+    delete_blob,
     dumps,
     durable_name,
     ensure_layout,
@@ -64,17 +65,36 @@ class _Call:
     """The state of one ``execute`` call."""
 
     __slots__ = (
-        "acked", "acks", "done", "error", "inflight", "limit", "on_result", "pending",
-        "published_all", "room", "unacked",
+        "acked", "acks", "blobs", "done", "ended", "error", "feed", "inflight", "limit",
+        "on_result", "pending", "published_all", "reply", "room", "run_id", "sent",
+        "settings", "stage", "unacked",
     )
 
-    def __init__(self, on_result: OnResult, limit: int) -> None:
+    def __init__(
+        self,
+        on_result: OnResult,
+        limit: int,
+        feed: _Feed,
+        run_id: str,
+        stage: str,
+        settings: str | None,
+    ) -> None:
         self.on_result = on_result
         self.limit = max(1, limit)
+        self.feed = feed
+        self.run_id = run_id
+        self.stage = stage
+        self.reply = feed.subject
+        self.settings = settings
         self.inflight = 0
         """Tasks dispatched whose result has not arrived yet (bounded by ``limit``)."""
         self.pending: dict[str, int] = {}
         """Task id -> index of every dispatched task still waiting for its result."""
+        self.sent: dict[str, Task] = {}
+        """Task id -> the task, while pending: to publish it again when JetStream dropped it."""
+        self.blobs: dict[str, str] = {}
+        """Task id -> its payload's object name, deleted once its result arrived."""
+        self.ended = False
         self.acks: dict[str, bytes] = {}
         """Task id -> JetStream's publish ack, parsed only to withdraw the task."""
         self.unacked = 0
@@ -108,6 +128,9 @@ class _Feed:
         """Task id -> failed results seen; names a re-dispatch past the duplicate window."""
         self.target = 0
         self.caught_up = asyncio.Event()
+        self.seen = 0
+        """Stream sequence of the last results message handled."""
+        self.progress = asyncio.Event()
         self.ready: asyncio.Future[None] | None = None
         self.users = 0
         self.idle_since = 0.0
@@ -118,8 +141,11 @@ class _Publisher:
     wildcard inbox, acks matched by token. Cheaper per message than a request (or
     nats-py's ``publish_async``, which makes a future and a timer per message)."""
 
-    def __init__(self, nc: Any, max_pending: int) -> None:
+    def __init__(
+        self, nc: Any, max_pending: int, on_duplicate: Callable[[_Call, str, bytes], None]
+    ) -> None:
         self.nc = nc
+        self.on_duplicate = on_duplicate
         self.prefix = nc.new_inbox() + "."
         self.cut = len(self.prefix)
         self.max_pending = max_pending
@@ -148,6 +174,10 @@ class _Publisher:
             call.fail(BackendError(f"JetStream refused task {tid} ({TASKS_STREAM}): {reason}"))
             return
         call.acks[tid] = data
+        if b'"duplicate"' in data:
+            # Dropped as a copy of an earlier dispatch: fine while that one is queued or
+            # its result is on the way, a lost task otherwise (see NatsBackend._duplicate).
+            self.on_duplicate(call, tid, data)
         if call.unacked == 0:
             call.acked.set()
 
@@ -239,6 +269,10 @@ class NatsBackend(Backend):
         self._background: set[asyncio.Task[Any]] = set()
         self._publisher: _Publisher | None = None
         self._feeds: dict[str, _Feed] = {}
+        self._subjects: dict[str, str] = {}
+        self._fresh: dict[str, int] = {}
+        """Task id -> times it needed a new ``Nats-Msg-Id`` (withdrawn, or dropped as a
+        duplicate of a dispatch that will never report)."""
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -247,7 +281,9 @@ class NatsBackend(Backend):
         self._nc = await connect(self.url, self.connect_options)
         try:
             self._layout = await ensure_layout(self._nc, self.settings)
-            self._publisher = _Publisher(self._nc, self.max_pending_publishes)
+            self._publisher = _Publisher(
+                self._nc, self.max_pending_publishes, self._on_duplicate
+            )
             await self._publisher.start()
         except BaseException:
             await self._nc.close()
@@ -392,12 +428,12 @@ class NatsBackend(Backend):
     ) -> None:
         subject = results_subject(run_id, stage)
         settings_text = json.dumps(settings, sort_keys=True, default=str) if settings else None
-        call = _Call(on_result, limit)
         # The stage's results are read (from the start of the subject) before anything is
         # dispatched: results of tasks finished before a controller crash are reused.
         feed = await self._acquire_feed(subject)
+        call = _Call(on_result, limit, feed, run_id, stage, settings_text)
         try:
-            await self._dispatch(call, feed, tasks, run_id, stage, subject, settings_text)
+            await self._dispatch(call, tasks)
             call.published_all = True
             if call.unacked and call.error is None:
                 try:
@@ -416,45 +452,30 @@ class NatsBackend(Backend):
                 self._publisher.forget(call)
             if call.pending:
                 # Withdraw the queued tasks nobody reported yet (best effort, in background).
-                seqs = [_ack_seq(call.acks[t]) for t in call.pending if t in call.acks]
-                self._spawn(self._withdraw([s for s in seqs if s]))
+                # Their ids are spent: JetStream would drop a later dispatch of the same
+                # task as a duplicate, so the next one goes out under a fresh id.
+                withdrawn = [t for t in call.pending if t in call.acks]
+                for tid in withdrawn:
+                    self._fresh[tid] = self._fresh.get(tid, 0) + 1
+                seqs = [s for s in (_ack_seq(call.acks[t]) for t in withdrawn) if s]
+                blobs = [call.blobs.pop(t) for t in withdrawn if t in call.blobs]
+                self._spawn(self._withdraw(seqs, blobs))
             raise
         finally:
+            call.ended = True
             for tid in call.pending:
                 if feed.owner.get(tid) is call:
                     del feed.owner[tid]
             self._release_feed(feed)
 
-    async def _dispatch(
-        self,
-        call: _Call,
-        feed: _Feed,
-        tasks: Iterable[Task],
-        run_id: str,
-        stage: str,
-        reply: str,
-        settings_text: str | None,
-    ) -> None:
-        layout = self.layout
-        publisher = self._publisher
-        assert publisher is not None
-        limit_bytes = layout.max_payload - HEADROOM
-        owner = feed.owner
-        early = feed.early
-        failures = feed.failures
-        pending = call.pending
+    async def _dispatch(self, call: _Call, tasks: Iterable[Task]) -> None:
         checks: dict[str, Any] = {}
-        subjects: dict[str, str] = {}
-        timeout = self.ack_timeout
+        early = call.feed.early
         for index, task in enumerate(tasks):
             if call.error is not None:
                 return
             tid = task.id
-            old = early.get(tid)
-            if old is not None and old.get("success"):
-                # Finished before a controller crash: report it, do not dispatch again.
-                del early[tid]
-                await self._report(call, index, tid, old)
+            if tid in early and await self._reuse(call, index, tid):
                 continue
             check = checks.get(task.type, _UNSET)
             if check is _UNSET:
@@ -466,51 +487,164 @@ class NatsBackend(Backend):
                     # Refused before it is queued, like the local backend would.
                     call.on_result(index, Result.failure(exc, task_id=tid))
                     continue
-            while call.inflight >= call.limit:
-                call.room.clear()
-                await call.room.wait()
-                if call.error is not None:
-                    return
-            # A task that failed before is dispatched under a new id, or JetStream would
-            # drop it as a duplicate of the failed attempt.
-            tries = failures.get(tid)
-            msg_id = f"{tid}#{tries}" if tries else tid
-            message: dict[str, Any] = {
-                "id": tid,
-                "type": task.type,
-                "payload": task.payload,
-                "run_id": run_id,
-                "stage": stage,
-                "index": index,
-                "settings": settings_text,
-                "reply": reply,
-                "dispatch": msg_id,
-            }
-            if task.metadata:
-                message["metadata"] = task.metadata
-            data = dumps(message)
-            if len(data) > limit_bytes:
-                ref = f"payload/{msg_id}"
-                await put_blob(layout, ref, dumps(task.payload))
-                del message["payload"]
-                message["payload_ref"] = ref
-                data = dumps(message)
-            subject = subjects.get(task.type)
-            if subject is None:
-                subject = subjects[task.type] = task_subject(task.type)
-            pending[tid] = index
-            owner[tid] = call
+            if call.inflight >= call.limit:
+                while call.inflight >= call.limit:
+                    call.room.clear()
+                    await call.room.wait()
+                    if call.error is not None:
+                        return
+                # Its result may have come in meanwhile (a late one from an earlier call).
+                if tid in early and await self._reuse(call, index, tid):
+                    continue
+            call.pending[tid] = index
+            call.sent[tid] = task
+            call.feed.owner[tid] = call
             call.inflight += 1
-            await publisher.publish(call, tid, subject, data, msg_id, timeout)
+            await self._send(call, task, index)
+
+    async def _reuse(self, call: _Call, index: int, tid: str) -> bool:
+        """Report a success published before this call (e.g. before a controller crash)
+        instead of dispatching the task again; False when there is none to reuse."""
+        old = call.feed.early.get(tid)
+        if old is None or not old.get("success"):
+            return False
+        del call.feed.early[tid]
+        result = await self._load(tid, old)
+        if result is None:
+            return False  # its result object is gone: run it again
+        call.on_result(index, result)
+        return True
+
+    def _msg_id(self, feed: _Feed, tid: str) -> str:
+        """The task's ``Nats-Msg-Id``: its id, or a new one when an earlier dispatch failed
+        (``#<failures>``) or can no longer report (``#<failures>.<n>``), since JetStream
+        drops a publish with an id it has seen within the duplicate window."""
+        tries = feed.failures.get(tid, 0)
+        fresh = self._fresh.get(tid, 0)
+        if fresh:
+            return f"{tid}#{tries}.{fresh}"
+        return f"{tid}#{tries}" if tries else tid
+
+    async def _send(self, call: _Call, task: Task, index: int) -> None:
+        layout = self.layout
+        publisher = self._publisher
+        if publisher is None:
+            raise BackendError("the nats backend was closed while dispatching")
+        tid = task.id
+        msg_id = self._msg_id(call.feed, tid)
+        message: dict[str, Any] = {
+            "id": tid,
+            "type": task.type,
+            "payload": task.payload,
+            "run_id": call.run_id,
+            "stage": call.stage,
+            "index": index,
+            "settings": call.settings,
+            "reply": call.reply,
+            "dispatch": msg_id,
+        }
+        if task.metadata:
+            message["metadata"] = task.metadata
+        data = dumps(message)
+        if len(data) > layout.max_payload - HEADROOM:
+            ref = f"payload/{msg_id}"
+            await put_blob(layout, ref, dumps(task.payload))
+            old = call.blobs.get(tid)
+            call.blobs[tid] = ref
+            if old is not None and old != ref:
+                await delete_blob(layout, old)
+            del message["payload"]
+            message["payload_ref"] = ref
+            data = dumps(message)
+        subject = self._subjects.get(task.type)
+        if subject is None:
+            subject = self._subjects[task.type] = task_subject(task.type)
+        await publisher.publish(call, tid, subject, data, msg_id, self.ack_timeout)
+
+    def _on_duplicate(self, call: _Call, tid: str, ack: bytes) -> None:
+        if not call.ended and tid in call.pending:
+            self._spawn(self._duplicate(call, tid, ack))
+
+    async def _duplicate(self, call: _Call, tid: str, ack: bytes) -> None:
+        """JetStream dropped the task as a copy of an earlier dispatch. While that one is
+        still in the stream (queued or running) its result will come. Once it is gone
+        (acked, terminated, dead-lettered, withdrawn by a cancel, aged out), any result it
+        had was published before it was removed: read the results to their end, and if
+        the task is still waiting, publish it again under a fresh id."""
+        try:
+            nats = load_nats()
+            js = self.layout.js
+            seq = _ack_seq(ack)
+            if seq:
+                try:
+                    await js.get_msg(TASKS_STREAM, seq)
+                    return
+                except nats.js.errors.NotFoundError:
+                    pass
+            await self._catch_up(call.feed)
+            if call.ended or call.error is not None or tid not in call.pending:
+                return
+            fresh = self._fresh[tid] = self._fresh.get(tid, 0) + 1
+            if fresh > MAX_FRESH_IDS:
+                raise BackendError(
+                    f"task {tid} was dropped as a duplicate {fresh} times (stream "
+                    f"{TASKS_STREAM}); its earlier dispatches never reported a result"
+                )
+            await self._send(call, call.sent[tid], call.pending[tid])
+        except Exception as exc:
+            if not call.ended:
+                call.fail(exc)
+
+    async def _catch_up(self, feed: _Feed) -> None:
+        """Wait (up to ``ack_timeout``) until the feed has handled every result published
+        so far on its subject."""
+        nats = load_nats()
+        try:
+            last = await self.layout.js.get_last_msg(RESULTS_STREAM, feed.subject)
+        except nats.js.errors.NotFoundError:
+            return
+        target = int(last.seq or 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        while feed.seen < target:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            feed.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.progress.wait(), remaining)
+
+    async def _load(self, tid: str, item: dict[str, Any]) -> Result | None:
+        """The Result in a results message item (fetching it when it was stored as an
+        object, which is then deleted); None when that object no longer exists."""
+        try:
+            ref = item.get("ref")
+            if ref is not None:
+                try:
+                    data = await get_blob(self.layout, ref)
+                except load_nats().js.errors.NotFoundError:
+                    return None
+                await delete_blob(self.layout, ref)
+                item = loads(data)
+            return Result.from_dict(item)
+        except Exception as exc:
+            return Result.failure(
+                BackendError(f"cannot read the result of task {tid}: {exc}"), task_id=tid
+            )
 
     async def _report(self, call: _Call, index: int, tid: str, item: dict[str, Any]) -> None:
-        try:
-            if "ref" in item:
-                item = loads(await get_blob(self.layout, item["ref"]))
-            result = Result.from_dict(item)
-        except Exception as exc:
+        blob = call.blobs.pop(tid, None)
+        if blob is not None:
+            # The task's payload is not needed any more (it may carry resolved secrets).
+            await delete_blob(self.layout, blob)
+        result = await self._load(tid, item)
+        if result is None:
             result = Result.failure(
-                BackendError(f"cannot read the result of task {tid}: {exc}"), task_id=tid
+                BackendError(
+                    f"cannot read the result of task {tid}: object {item.get('ref')!r} is "
+                    f"no longer in {PAYLOAD_BUCKET}"
+                ),
+                task_id=tid,
             )
         call.on_result(index, result)
 
@@ -588,6 +722,7 @@ class NatsBackend(Backend):
                         early[tid] = item
                     continue
                 index = call.pending.pop(tid, None)
+                call.sent.pop(tid, None)
                 if index is None:
                     continue
                 call.inflight -= 1
@@ -599,6 +734,9 @@ class NatsBackend(Backend):
                     continue
                 if call.published_all and not call.pending:
                     call.done.set()
+            with contextlib.suppress(Exception):
+                feed.seen = max(feed.seen, int(msg.metadata.sequence.stream))
+            feed.progress.set()
 
         return on_message
 
@@ -625,8 +763,9 @@ class NatsBackend(Backend):
         elif feed.ready is not None:
             feed.ready.cancel()
 
-    async def _withdraw(self, seqs: list[int]) -> None:
-        js = self.layout.js
+    async def _withdraw(self, seqs: list[int], blobs: list[str]) -> None:
+        layout = self.layout
+        js = layout.js
 
         async def delete(seq: int) -> None:
             with contextlib.suppress(Exception):
@@ -634,6 +773,8 @@ class NatsBackend(Backend):
 
         for start in range(0, len(seqs), 256):
             await asyncio.gather(*(delete(s) for s in seqs[start : start + 256]))
+        for blob in blobs:
+            await delete_blob(layout, blob)
 
 
 async def _unsubscribe(sub: Any) -> None:
@@ -649,6 +790,7 @@ def _ack_seq(ack: bytes) -> int:
 
 
 _UNSET: Any = object()
+MAX_FRESH_IDS = 100
 
 
 class _SchemaModel:

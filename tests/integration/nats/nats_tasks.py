@@ -40,3 +40,8 @@ def fail_once_retryable(marker: str) -> str:
         path.write_text("failed once\n")
         raise RetryableError("the service is busy, try again")
     return "ok"
+
+
+def die_holding(secret: str) -> None:
+    """A poison task whose payload carries ``secret`` (to check where payloads end up)."""
+    os.kill(os.getpid(), signal.SIGKILL)
