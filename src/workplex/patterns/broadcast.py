@@ -36,9 +36,15 @@ class Broadcast(Pattern):
         return {"input": (stage.input, list(config.executors))}
 
     def check(self, stage: Stage, config: Any) -> list[str]:
+        problems = []
+        if stage.executor is not None:
+            problems.append(
+                "executor: a broadcast stage names its executors in config.executors; "
+                "this one would be ignored"
+            )
         if len(set(config.executors)) != len(config.executors):
-            return ["config.executors: an executor is listed twice"]
-        return []
+            problems.append("config.executors: an executor is listed twice")
+        return problems
 
     async def run(self, run: StageRun) -> Any:
         config: BroadcastConfig = run.config

@@ -32,6 +32,15 @@ class ForkJoin(Pattern):
     def executor_fields(self, stage: Stage, config: Any) -> list[tuple[str, str]]:
         return [(b.executor, f"config.branches.{name}.executor") for name, b in config.branches.items()]
 
+    def check(self, stage: Stage, config: Any) -> list[str]:
+        # Each branch has its own executor and input; stage-level ones would be ignored.
+        return [
+            f"{field}: a fork_join stage sets it per branch (config.branches.NAME.{field}); "
+            "this one would be ignored"
+            for field in ("executor", "input")
+            if field in stage.model_fields_set and getattr(stage, field) not in (None, {})
+        ]
+
     def templates(self, stage: Stage, config: Any) -> dict[str, tuple[Any, str | list[str] | None]]:
         return {
             f"config.branches.{name}.input": (b.input, b.executor)

@@ -413,3 +413,30 @@ def test_schema_types_retry_with_the_retry_overlay_options(schema: dict[str, Any
     stage["retry"] = {"backoff": "sometimes"}
     found = schema_errors(schema, stage)
     assert any("'sometimes'" in m for m in found), found
+
+
+def test_stage_level_executor_or_input_on_fork_join_and_broadcast_is_refused(
+    engine: Engine, write: Write
+) -> None:
+    path = write("""
+        name: p
+        stages:
+          - name: fj
+            mode: fork_join
+            executor: echo
+            input: {a: 1}
+            config:
+              branches:
+                left: {executor: echo, input: {x: 1}}
+          - name: bc
+            mode: broadcast
+            executor: echo
+            input: {a: 1}
+            config: {executors: [echo]}
+        """)
+    problems = problems_of(engine, path)
+    assert len(problems) == 3, problems
+    fj = [p for p in problems if "stage 'fj'" in p]
+    assert any("executor: a fork_join stage sets it per branch" in p for p in fj), fj
+    assert any("input: a fork_join stage sets it per branch" in p for p in fj), fj
+    assert any("stage 'bc'" in p and "executor: a broadcast stage names its executors" in p for p in problems)
