@@ -303,20 +303,32 @@ def health(
 
     registry = build_registry()
 
+    import os
+
+    def show(report: dict[str, dict[str, Any]]) -> None:
+        if as_json:
+            print_json(report)
+        else:
+            for name, entry in report.items():
+                mark = "ok  " if entry["ok"] else "FAIL"
+                typer.echo(f"{mark} {name}: {entry['detail']}")
+
     async def go() -> dict[str, dict[str, Any]]:
         async with registry:
-            return await registry.health(names or None, timeout=timeout)
+            report = await registry.health(names or None, timeout=timeout)
+            show(report)
+            if any(e.get("timed_out") for e in report.values()):
+                # A check stuck in a blocking call on a thread cannot be stopped, and Python
+                # would wait for it at exit: the report is out, so leave now.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_FAILED)
+            return report
 
     try:
         report = run_async(go())
     except UnknownExecutorError as exc:
         fail(str(exc))
-    if as_json:
-        print_json(report)
-    else:
-        for name, entry in report.items():
-            mark = "ok  " if entry["ok"] else "FAIL"
-            typer.echo(f"{mark} {name}: {entry['detail']}")
     raise typer.Exit(EXIT_OK if all(e["ok"] for e in report.values()) else EXIT_FAILED)
 
 
@@ -763,7 +775,11 @@ def worker_(
             redeliver_retryable=redeliver_retryable,
             connect_options=ConnectOptions(nats_creds, tls_ca, tls_cert, tls_key),
             stream_settings=StreamSettings(replicas=replicas or 1, storage=storage or "file"),
-            update_streams=replicas is not None or storage is not None,
+            update_streams=[
+                name
+                for name, given in (("replicas", replicas), ("storage", storage))
+                if given is not None
+            ],
         )
         if storage not in (None, "file", "memory"):
             raise ConfigError(f"--storage: {storage!r} is not file or memory")

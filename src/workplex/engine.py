@@ -657,7 +657,8 @@ class Engine:
             result.status = "succeeded"
         store = self.store
         if store is not None and result.status == "paused":
-            with contextlib.suppress(WorkplexError):
+            # Best effort: the run must still be finalised and its lease released.
+            with contextlib.suppress(Exception):
                 await store.flush()
                 result.waiting = [
                     {"run_id": p.run_id, "stage": p.stage, "message": p.message}

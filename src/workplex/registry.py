@@ -380,7 +380,7 @@ class Registry:
                     executor = await self.start(name)
                     ok = bool(await executor.health_check())
             except TimeoutError:
-                return {"ok": False, "detail": f"no answer within {timeout:g}s"}
+                return {"ok": False, "detail": f"no answer within {timeout:g}s", "timed_out": True}
             except Exception as exc:
                 return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
             return {"ok": ok, "detail": "ok" if ok else "health check failed"}

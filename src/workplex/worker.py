@@ -31,7 +31,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -281,7 +281,7 @@ class Worker:
         redeliver_retryable: bool = True,
         connect_options: ConnectOptions | None = None,
         stream_settings: StreamSettings | None = None,
-        update_streams: bool = False,
+        update_streams: Collection[str] = (),
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1 (got {concurrency})")

@@ -145,6 +145,30 @@ def test_health_checks_only_the_named_executors_and_refuses_unknown_ones(tmp_pat
     assert code == 2 and "unknown executor 'echo'" in err and "disabled" in err
 
 
+def test_health_timeout_reports_and_exits_even_when_a_check_is_stuck_on_a_thread() -> None:
+    import socket
+    import tempfile
+
+    from tests.support import require
+
+    require("docker")
+    # A "Docker engine" that accepts connections and never answers: the SDK's ping blocks
+    # on a thread for its own 60 s timeout, which no asyncio timeout can interrupt.
+    where = Path(tempfile.mkdtemp(dir="/tmp")) / "d.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.bind(str(where))
+        silent.listen(8)
+        config = where.parent / "workplex.yaml"
+        config.write_text(f"executors:\n  docker:\n    base_url: unix://{where}\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "workplex.cli", "--config", str(config),
+             "health", "docker", "--timeout", "0.5"],
+            capture_output=True, text=True, timeout=45, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "FAIL docker: no answer within 0.5s" in done.stdout
+
+
 # ---- real processes ---------------------------------------------------------------------
 def workplex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "WORKPLEX_CONFIG"}

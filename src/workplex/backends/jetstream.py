@@ -41,7 +41,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -230,11 +230,11 @@ def _storage_name(value: Any) -> str:
     return str(getattr(value, "value", value) or "file").lower()
 
 
-async def _ensure_stream(js: Any, config: Any, update: bool) -> None:
+async def _ensure_stream(js: Any, config: Any, update: frozenset[str]) -> None:
     """Create the stream when it is missing. An existing one is left as it is (its
     settings belong to whoever set it up, e.g. workers started with ``--replicas 3``),
-    unless ``update`` (settings passed explicitly to a worker) asks to bring it to
-    ``config``; a difference in storage or replicas is logged."""
+    unless ``update`` names settings passed explicitly to a worker (``replicas``,
+    ``storage``): only those are changed; a difference in the others is logged."""
     nats = load_nats()
     try:
         await js.add_stream(config)
@@ -254,6 +254,12 @@ async def _ensure_stream(js: Any, config: Any, update: bool) -> None:
                 )
             return
     try:
+        have = (await js.stream_info(config.name)).config
+        # Only what was asked for changes; the rest stays as whoever set it up chose.
+        if "storage" not in update:
+            config.storage = have.storage
+        if "replicas" not in update:
+            config.num_replicas = have.num_replicas
         await js.update_stream(config)
     except Exception as exc:
         raise BackendError(
@@ -263,10 +269,15 @@ async def _ensure_stream(js: Any, config: Any, update: bool) -> None:
         ) from exc
 
 
-async def ensure_layout(nc: Any, settings: StreamSettings, *, update: bool = False) -> Layout:
+async def ensure_layout(
+    nc: Any, settings: StreamSettings, *, update: Collection[str] = ()
+) -> Layout:
     """Create every missing stream and bucket with ``settings``; safe to call from many
-    processes. Existing ones are kept as they are unless ``update`` is true (a worker
-    given ``--replicas``/``--storage`` explicitly), which updates the streams."""
+    processes. Existing ones are kept as they are, except for the settings named in
+    ``update`` (``replicas``, ``storage``: what a worker was given explicitly)."""
+    update = frozenset(update)
+    if not update <= {"replicas", "storage"}:
+        raise ValueError(f"update: unknown stream settings {sorted(update)}")
     nats = load_nats()
     api = nats.js.api
     js = nc.jetstream(publish_async_max_pending=8192)

@@ -512,6 +512,7 @@ class NatsBackend(Backend):
         result = await self._load(tid, old)
         if result is None:
             return False  # its result object is gone: run it again
+        self._fresh.pop(tid, None)
         call.on_result(index, result)
         return True
 
@@ -633,6 +634,9 @@ class NatsBackend(Backend):
             )
 
     async def _report(self, call: _Call, index: int, tid: str, item: dict[str, Any]) -> None:
+        # Reported: its fresh-id count is not needed any more (a later duplicate drop is
+        # still caught by the publish ack).
+        self._fresh.pop(tid, None)
         blob = call.blobs.pop(tid, None)
         if blob is not None:
             # The task's payload is not needed any more (it may carry resolved secrets).

@@ -815,35 +815,38 @@ class Store:
         found: list[PendingApproval] = []
         todo = [run_id]
         seen: set[str] = set()
-        async with self._engine.connect() as conn:
-            while todo:
-                rid = todo.pop(0)
-                if rid in seen:
-                    continue
-                seen.add(rid)
-                rows = (
-                    await conn.execute(
-                        select(a.stage, a.message, a.requested)
-                        .select_from(
-                            t.approvals.join(
-                                t.stages, and_(s.run_id == a.run_id, s.name == a.stage)
+        try:
+            async with self._engine.connect() as conn:
+                while todo:
+                    rid = todo.pop(0)
+                    if rid in seen:
+                        continue
+                    seen.add(rid)
+                    rows = (
+                        await conn.execute(
+                            select(a.stage, a.message, a.requested)
+                            .select_from(
+                                t.approvals.join(
+                                    t.stages, and_(s.run_id == a.run_id, s.name == a.stage)
+                                )
                             )
+                            .where(a.run_id == rid, a.approved.is_(None), s.status == "paused")
+                            .order_by(a.requested)
                         )
-                        .where(a.run_id == rid, a.approved.is_(None), s.status == "paused")
-                        .order_by(a.requested)
+                    ).all()
+                    found.extend(
+                        PendingApproval(rid, r.stage, r.message, float(r.requested)) for r in rows
                     )
-                ).all()
-                found.extend(
-                    PendingApproval(rid, r.stage, r.message, float(r.requested)) for r in rows
-                )
-                children = (
-                    await conn.execute(
-                        select(t.runs.c.run_id)
-                        .where(t.runs.c.parent_run_id == rid, t.runs.c.status == "paused")
-                        .order_by(t.runs.c.created)
-                    )
-                ).all()
-                todo.extend(str(c.run_id) for c in children)
+                    children = (
+                        await conn.execute(
+                            select(t.runs.c.run_id)
+                            .where(t.runs.c.parent_run_id == rid, t.runs.c.status == "paused")
+                            .order_by(t.runs.c.created)
+                        )
+                    ).all()
+                    todo.extend(str(c.run_id) for c in children)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the approvals of run {run_id!r}: {exc}") from exc
         return found
 
     # ---- reading ----------------------------------------------------------------------

@@ -229,8 +229,10 @@ async def test_streams_created_with_memory_storage_are_kept_by_later_parties(
     listed = await asyncio.to_thread(workers_cli, private_nats, "--json")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert memory.id in {w["id"] for w in json.loads(listed.stdout)}
-    # A worker without stream options joins; one asking for file storage is refused.
+    # A worker without stream options joins, as does one giving only --replicas (the
+    # storage it did not mention stays memory); one asking for file storage is refused.
     plain = workers("plain-on-mem", "--executors", "echo", url=private_nats)
+    replicas = workers("r1-on-mem", "--executors", "echo", "--replicas", "1", url=private_nats)
     wrong = workers("file-on-mem", "--executors", "echo", "--storage", "file", url=private_nats)
     code = await asyncio.to_thread(wrong.proc.wait, 30)
     log = wrong.log_path.read_text()
@@ -238,7 +240,7 @@ async def test_streams_created_with_memory_storage_are_kept_by_later_parties(
     assert "WORKPLEX_TASKS" in log and "storage=file" in log, log
     rid = run_id("memory")
     async with NatsBackend(Registry(), private_nats) as backend:  # default settings: file
-        await wait_for_workers(backend, {memory.id, plain.id})
+        await wait_for_workers(backend, {memory.id, plain.id, replicas.id})
         got = await run_tasks(backend, [Task("echo", {"n": i}, id=f"{rid}:s:{i}") for i in range(20)], rid)
         js = backend.layout.js
         kinds = {
@@ -248,6 +250,7 @@ async def test_streams_created_with_memory_storage_are_kept_by_later_parties(
     assert [got[i][0].output for i in range(20)] == [{"n": i} for i in range(20)]
     assert {str(getattr(k, "value", k)) for k in kinds.values()} == {"memory"}
     assert memory.proc.poll() is None and plain.proc.poll() is None
+    assert replicas.proc.poll() is None
 
 
 # ---- 3. no payloads kept beyond their task -------------------------------------------------
