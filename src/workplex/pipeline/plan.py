@@ -8,6 +8,7 @@ line, the stage and the field.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -224,7 +225,16 @@ def build_plan(
                     problem(i, stage.name, "needs", "a stage cannot need itself", "needs")
             needs[stage.name] = [d for d in stage.needs if d in index_of and d != stage.name]
 
-    # Cycles.
+    # What each stage waits for, gathers included: a reference to a stage that waits for
+    # this one "runs later"; any other stage outside `needs` runs in parallel.
+    waits_for: dict[str, list[str]] = {}
+    for stage in pipeline.stages:
+        pat = patterns.get(stage.mode)
+        gathered = pat.gathers(stage) if pat is not None else None
+        waits_for[stage.name] = [*needs[stage.name], *([gathered] if gathered in index_of else [])]
+
+    # Cycles, through `needs` and through gathers (a gather waits for the stage it gathers,
+    # so a cycle through one would never start).
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -233,10 +243,15 @@ def build_plan(
             return
         if state.get(n) == 1:
             cycle = [*trail[trail.index(n) :], n]
-            problem(index_of[n], n, "needs", "cycle in needs: " + " -> ".join(cycle), "needs")
+            via_gather = any(b not in needs[a] for a, b in itertools.pairwise(cycle))
+            what = "cycle in needs (through a gather, which waits for the stage it gathers)"
+            problem(
+                index_of[n], n, "needs",
+                (what if via_gather else "cycle in needs") + ": " + " -> ".join(cycle), "needs",
+            )  # fmt: skip
             return
         state[n] = 1
-        for d in needs[n]:
+        for d in waits_for[n]:
             visit(d, [*trail, n])
         state[n] = 2
         order.append(n)
@@ -253,14 +268,6 @@ def build_plan(
                 seen.add(d)
                 stack.extend(needs[d])
         return seen
-
-    # What each stage waits for, gathers included: a reference to a stage that waits for
-    # this one "runs later"; any other stage outside `needs` runs in parallel.
-    waits_for: dict[str, list[str]] = {}
-    for stage in pipeline.stages:
-        pat = patterns.get(stage.mode)
-        gathered = pat.gathers(stage) if pat is not None else None
-        waits_for[stage.name] = [*needs[stage.name], *([gathered] if gathered in index_of else [])]
 
     def waits_on(later: str, earlier: str) -> bool:
         seen: set[str] = set()

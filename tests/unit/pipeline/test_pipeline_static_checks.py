@@ -440,3 +440,27 @@ def test_stage_level_executor_or_input_on_fork_join_and_broadcast_is_refused(
     assert any("executor: a fork_join stage sets it per branch" in p for p in fj), fj
     assert any("input: a fork_join stage sets it per branch" in p for p in fj), fj
     assert any("stage 'bc'" in p and "executor: a broadcast stage names its executors" in p for p in problems)
+
+
+def test_a_cycle_through_a_gather_is_a_load_error(engine: Engine, write: Write) -> None:
+    # The gather waits for `s`, and `s` needs the gather: neither could ever start.
+    path = write("""
+        name: p
+        stages:
+          - name: g
+            mode: gather
+            executor: echo
+            gather: {stage: s}
+            input: {items: $.group}
+            needs: []
+          - name: s
+            mode: scatter
+            executor: echo
+            needs: [g]
+            scatter: {input: [1, 2], as: n}
+            input: {n: $.n}
+        """)
+    problems = problems_of(engine, path)
+    assert len(problems) == 1, problems
+    assert "cycle in needs (through a gather" in problems[0]
+    assert "g -> s -> g" in problems[0] or "s -> g -> s" in problems[0]
