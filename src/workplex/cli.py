@@ -803,18 +803,11 @@ def workers_(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
 ) -> None:
-    """List live workers: id, host, executors, concurrency and load."""
-    from workplex.backends.nats import NatsBackend
+    """List live workers: id, host, executors, concurrency and load (creates nothing)."""
+    from workplex.backends.jetstream import ConnectOptions, list_workers
 
-    async def go() -> list[dict[str, Any]]:
-        backend = NatsBackend(
-            build_registry(), nats, creds=nats_creds, tls_ca=tls_ca, tls_cert=tls_cert,
-            tls_key=tls_key,
-        )
-        async with backend:
-            return await backend.workers()
-
-    workers = run_async(go())
+    options = ConnectOptions(nats_creds, tls_ca, tls_cert, tls_key)
+    workers = run_async(list_workers(nats, options))
     if as_json:
         print_json(workers)
         return

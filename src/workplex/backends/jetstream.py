@@ -419,6 +419,22 @@ async def live_workers(
     return found
 
 
+async def list_workers(url: str, options: ConnectOptions | None = None) -> list[dict[str, Any]]:
+    """The live workers, read only: unlike opening a backend, this creates no stream or
+    bucket (an empty list when nothing was set up yet)."""
+    nats = load_nats()
+    nc = await connect(url, options)
+    try:
+        js = nc.jetstream()
+        try:
+            kv = await js.key_value(WORKERS_BUCKET)
+        except nats.js.errors.NotFoundError:
+            return []
+        return await live_workers(js, kv)
+    finally:
+        await nc.close()
+
+
 def offered(workers: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
     """Executor name -> ids of the live workers offering it."""
     by_name: dict[str, list[str]] = {}

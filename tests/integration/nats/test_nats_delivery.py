@@ -206,6 +206,20 @@ def workers_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def test_workers_cli_on_a_fresh_server_lists_none_and_creates_nothing(
+    private_nats: str,
+) -> None:
+    listed = await asyncio.to_thread(workers_cli, private_nats, "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert json.loads(listed.stdout) == []
+    nc = await nats.connect(private_nats)
+    try:
+        names = [info.config.name for info in await nc.jetstream().streams_info()]
+    finally:
+        await nc.close()
+    assert names == []  # listing is read only: no stream or bucket was set up
+
+
 async def test_streams_created_with_memory_storage_are_kept_by_later_parties(
     private_nats: str, workers: StartWorker
 ) -> None:
