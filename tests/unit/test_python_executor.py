@@ -100,3 +100,25 @@ def test_a_function_spec_without_a_colon_is_bad_input(registry: Registry) -> Non
     with pytest.raises(ValidationError) as info:
         registry.validate(Task("python", {"function": "os.getcwd"}))
     assert "function: must look like 'package.module:function'" in str(info.value)
+
+
+@pytest.mark.parametrize("function", ["sys:exit", "builtins:exit"])
+async def test_a_function_calling_exit_fails_its_task_and_the_process_lives_on(
+    registry: Registry, function: str
+) -> None:
+    result = await registry.execute(Task("python", {"function": function, "args": [5]}))
+    assert not result.success and result.error is not None
+    assert result.error.type == "PermanentError"
+    assert "SystemExit(5)" in result.error.message
+
+
+async def test_return_values_become_json_data_or_the_task_fails(registry: Registry) -> None:
+    converted = await registry.execute(
+        Task("python", {"function": "datetime:date", "args": [2026, 11, 24]})
+    )
+    assert converted.success and converted.output == "2026-11-24"
+    raw = await registry.execute(Task("python", {"function": "builtins:bytes", "args": [[255, 0]]}))
+    assert raw.success and raw.output == "_wA="  # URL-safe base64
+    refused = await registry.execute(Task("python", {"function": "builtins:object"}))
+    assert not refused.success and refused.error is not None
+    assert "not JSON data" in refused.error.message

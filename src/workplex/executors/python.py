@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from workplex.errors import ExecutorError, PermanentError
 from workplex.executor import Capabilities, Context, Executor, ExecutorConfig, SecurityLevel
@@ -99,9 +100,27 @@ class Python(Executor):
             kwargs["ctx"] = ctx
         try:
             if is_async:
-                return await fn(*input.args, **kwargs)
-            return await asyncio.to_thread(fn, *input.args, **kwargs)
+                out = await fn(*input.args, **kwargs)
+            else:
+                out = await asyncio.to_thread(fn, *input.args, **kwargs)
         except ExecutorError:
             raise
         except TypeError as exc:
             raise PermanentError(f"{input.function}: {exc}") from exc
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The function's own exit must not end the process that runs everyone's tasks.
+            raise PermanentError(
+                f"{input.function} raised {type(exc).__name__}({exc})"
+            ) from exc
+        return _jsonable(input.function, out)
+
+
+def _jsonable(function: str, out: Any) -> Any:
+    """The return value as JSON data: dates, decimals, UUIDs, sets, dataclasses and models
+    are converted, bytes become URL-safe base64; anything else is refused, not str()-ed."""
+    try:
+        return to_jsonable_python(out, bytes_mode="base64")
+    except PydanticSerializationError as exc:
+        raise PermanentError(
+            f"{function} returned a value that is not JSON data: {exc}"
+        ) from exc
