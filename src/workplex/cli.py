@@ -82,25 +82,33 @@ def build_registry() -> Registry:
 
     try:
         config = load_config(State.config_path)
-        return Registry(config, overlays=default_overlays(config))
+        registry = Registry(config, overlays=default_overlays(config))
     except ConfigError as exc:
         fail(str(exc))
+    # A broken plugin is an error only where it is used; elsewhere one line says so.
+    for broken in registry.broken:
+        typer.echo(f"warning: {broken.reason}", err=True)
+    return registry
 
 
 def read_json_arg(value: str, what: str) -> Any:
     """Parse ``value`` as JSON, or read JSON from a file given as ``@path``."""
+    from workplex.errors import unreadable
+
     source = what
     if value.startswith("@"):
         path = Path(value[1:])
         source = str(path)
         try:
             value = sys.stdin.read() if value == "@-" else path.read_text()
-        except OSError as exc:
-            fail(f"{what}: cannot read {path}: {exc.strerror}")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"{what}: cannot read {path}: {unreadable(exc)}")
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         fail(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
+    except RecursionError:
+        fail(f"{source}: JSON nested too deeply to read")
 
 
 def print_json(data: Any) -> None:
@@ -191,8 +199,8 @@ def _print_result(result: Result, registry: Registry) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
-    from rich.pretty import Pretty
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     ok = result.success and result.exit_code in (None, 0)
@@ -212,13 +220,16 @@ def _print_result(result: Result, registry: Registry) -> None:
     console.print(table)
     if result.output is not None:
         out = result.output
+        # Program output and data are shown as they are: Text, not rich markup, so
+        # "[/]" or "a[b]c" in a program's output is printed, not interpreted.
         if isinstance(out, dict) and {"stdout", "stderr"} <= set(out):
-            if out.get("stdout"):
-                console.print(Panel(str(out["stdout"]).rstrip("\n"), title="stdout", expand=False))
-            if out.get("stderr"):
-                console.print(Panel(str(out["stderr"]).rstrip("\n"), title="stderr", expand=False))
+            for stream in ("stdout", "stderr"):
+                if out.get(stream):
+                    text = Text(str(out[stream]).rstrip("\n"))
+                    console.print(Panel(text, title=stream, expand=False))
         else:
-            console.print(Panel(Pretty(out), title="output", expand=False))
+            shown = Text(json.dumps(out, indent=2, ensure_ascii=False, default=str))
+            console.print(Panel(shown, title="output", expand=False))
 
 
 # ---- executors / schema / health ---------------------------------------------------------
@@ -231,11 +242,20 @@ def executors_(
     """List the installed executors: name, security level, description."""
     registry = build_registry()
     infos = [registry.info(n) for n in registry.names(include_disabled=True)]
+    skipped = registry.not_loaded
     if as_json:
-        print_json([i.to_dict() for i in infos])
+        print_json(
+            [{**i.to_dict(), "broken": False} for i in infos]
+            + [
+                {"name": n, "distribution": d, "enabled": False, "loaded": False, "broken": False}
+                for n, d in skipped.items()
+            ]
+            + [{**b.to_dict(), "enabled": False, "broken": True} for b in registry.broken]
+        )
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="workplex executors")
     table.add_column("name", style="bold")
@@ -244,8 +264,20 @@ def executors_(
     table.add_column("from", style="dim")
     for i in infos:
         name = i.name if i.enabled else f"{i.name} (disabled)"
-        table.add_row(name, i.security.value, i.description, i.distribution)
-    Console().print(table)
+        table.add_row(Text(name), i.security.value, Text(i.description), Text(i.distribution))
+    for n, d in skipped.items():
+        table.add_row(Text(f"{n} (disabled)"), "-", "not loaded", Text(d))
+    console = Console()
+    console.print(table)
+    if registry.broken:
+        # Listed, not fatal: the other executors still work (exit 0).
+        broken = Table(title="broken executor plugins (not registered)")
+        broken.add_column("name", style="bold red")
+        broken.add_column("from", style="dim")
+        broken.add_column("reason")
+        for b in registry.broken:
+            broken.add_row(Text(b.name), Text(b.distribution), Text(b.reason))
+        console.print(broken)
 
 
 @app.command("schema")
@@ -292,7 +324,8 @@ def health(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", metavar="SECONDS", help="Time allowed per check.")
+        float,
+        typer.Option("--timeout", metavar="SECONDS", min=0.001, help="Time allowed per check."),
     ] = 10.0,
 ) -> None:
     """Check enabled executors (starts each one and asks it). Exit 1 if any is unhealthy.
@@ -369,18 +402,27 @@ def overlays_(
 
 
 # ---- pipelines -----------------------------------------------------------------------------
+def cli_texts(pairs: list[str]) -> dict[str, str]:
+    """``--input NAME=VALUE`` pairs as the text typed (the last one of a name wins)."""
+    return {key: value for key, sep, value in (p.partition("=") for p in pairs) if sep and key}
+
+
 def parse_inputs(pairs: list[str], inputs_file: str | None) -> dict[str, Any]:
     """``--input k=v`` pairs (values parsed as JSON when they are JSON) over ``--inputs-file``."""
+    from workplex.errors import unreadable
+
     inputs: dict[str, Any] = {}
     if inputs_file:
         import yaml
 
         try:
             data = yaml.safe_load(Path(inputs_file).read_text())
-        except OSError as exc:
-            fail(f"--inputs-file: cannot read {inputs_file}: {exc.strerror}")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--inputs-file: cannot read {inputs_file}: {unreadable(exc)}")
         except yaml.YAMLError as exc:
             fail(f"--inputs-file {inputs_file}: not valid YAML/JSON: {exc}")
+        except RecursionError:
+            fail(f"--inputs-file {inputs_file}: nested too deeply to read")
         if not isinstance(data, dict):
             fail(f"--inputs-file {inputs_file}: must hold a mapping of input names to values")
         inputs.update(data)
@@ -392,6 +434,8 @@ def parse_inputs(pairs: list[str], inputs_file: str | None) -> dict[str, Any]:
             inputs[key] = json.loads(value)
         except json.JSONDecodeError:
             inputs[key] = value
+        except RecursionError:
+            fail(f"--input {key}: JSON nested too deeply to read")
     return inputs
 
 
@@ -651,12 +695,19 @@ def run(
             assert isinstance(chain, OverlayChain)
             chain.enable("metrics")
             stop_metrics = serve_metrics(metrics_port, registry=chain)
+            # On stderr, so `--json` output stays one document; says which port 0 picked.
+            typer.echo(f"metrics: http://{stop_metrics.host}:{stop_metrics.port}/metrics", err=True)
         the_store = await open_store_or_none(store, no_store, registry)
         try:
             options = backend_options(wait_for_workers, nats_creds, tls_ca, tls_cert, tls_key)
             be = open_backend(backend, registry, **options) if backend else None
             async with registry, Engine(registry, backend=be, store=the_store) as engine:
                 pipeline = engine.load(file)
+                # Text given for a string input stays text: `--input tag=3` is "3", not 3.
+                for key, text in cli_texts(input or []).items():
+                    spec = pipeline.inputs.get(key)
+                    if spec is not None and spec.type == "string":
+                        inputs[key] = text
                 return await drive_with_progress(
                     engine, run_id, engine.run(pipeline, inputs, run_id=run_id), show
                 )
@@ -842,8 +893,39 @@ StoreOption = Annotated[
 ]
 
 
+_STORE_FILE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def _existing_store_url(url: str | None, configured: str | None) -> str:
+    """The store URL for a command on recorded runs, which never creates a store: a SQLite
+    file that does not exist exits 2 (a mistyped path would otherwise show an empty store),
+    and so does a bare word that is neither a URL nor a ``.db``/``.sqlite`` path."""
+    import os
+
+    from workplex.errors import StoreError
+    from workplex.store.url import driver_url, redact, resolve_url, sqlite_file
+
+    chosen = resolve_url(url, configured)
+    where = "--store" if url else ("config `store:`" if configured else "the default store")
+    if url and os.environ.get("WORKPLEX_STORE") == url:
+        where = "--store ($WORKPLEX_STORE)"
+    if "://" not in chosen and not chosen.lower().endswith(_STORE_FILE_SUFFIXES):
+        fail(
+            f"{where} {chosen!r}: not a store URL; use sqlite:///PATH, "
+            "postgresql://USER@HOST/DB, or a file path ending in .db, .sqlite or .sqlite3"
+        )
+    try:
+        path = sqlite_file(driver_url(chosen))
+    except StoreError as exc:
+        fail(str(exc))
+    if path is not None and not path.is_file():
+        fail(f"no run store at {path} ({where} {redact(chosen)}); `workplex run` creates it")
+    return chosen
+
+
 def _open_store(url: str | None) -> Any:
-    """An async context manager opening the store named by --store / env / config / default."""
+    """An async context manager opening the store named by --store / env / config / default;
+    the store must exist (see ``_existing_store_url``)."""
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -855,7 +937,7 @@ def _open_store(url: str | None) -> Any:
             config = load_config(State.config_path)
         except ConfigError as exc:
             fail(str(exc))
-        store = await open_store(url, config)
+        store = await open_store(_existing_store_url(url, config.store), config)
         try:
             yield store
         finally:
@@ -919,7 +1001,11 @@ def runs_(
 
     table = Table(title="workplex runs (newest first)")
     for col in ("run", "pipeline", "status", "created", "duration", "parent"):
-        table.add_column(col, style="bold" if col == "run" else None)
+        # Run ids are what the other commands take: never cut, even piped or at 80 columns.
+        table.add_column(
+            col, style="bold" if col == "run" else None, no_wrap=col == "run",
+            min_width=max((len(r.run_id) for r in found), default=3) if col == "run" else None,
+        )
     for r in found:
         color = _RUN_COLORS.get(r.status, "white")
         table.add_row(
@@ -1020,11 +1106,17 @@ def show(
         for col in ("stage", "index", "executor", "attempts", "exit", "error"):
             ft.add_column(col, overflow="fold" if col == "error" else "ellipsis")
         for f in failed:
-            err = f["error"] or {}
+            err = f["error"]
+            # A non-zero exit has no error of its own: its exit code and stderr say why.
+            why = f"{err.get('type', '')}: {err.get('message', '')}" if err else ""
+            if not why and f["exit_code"] not in (None, 0):
+                why = f"exit code {f['exit_code']}"
+            if f.get("stderr_tail"):
+                why += f"\nstderr (tail):\n{f['stderr_tail']}"
             ft.add_row(
                 f["stage"], str(f["index"]), f["executor"], str(f["attempts"]),
                 "" if f["exit_code"] is None else str(f["exit_code"]),
-                escape(f"{err.get('type', '')}: {err.get('message', '')}"),
+                escape(why),
             )
         console.print(ft)
 
@@ -1219,6 +1311,13 @@ def approve(
             if run.status in ("succeeded", "failed", "cancelled"):
                 fail(f"run {run_id} has already {run.status}; it waits for no approval")
             target = await _approval_target(s, run_id, stage)
+            allowed = await s.approvers(target.run_id, target.stage)
+            if allowed and who not in allowed:
+                # Refused before recording: a wrong decision would fail the later resume.
+                fail(
+                    f"stage {target.stage!r} of run {target.run_id} may be decided only by "
+                    f"{', '.join(allowed)} (its approvers), not {who!r}; use --by NAME"
+                )
             await s.set_approval(target.run_id, target.stage, not reject, comment, by=who)
             failed_now = False
             if reject and not resume_now and run.status == "paused":

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from workplex.errors import ConfigError, pydantic_reason
+from workplex.errors import ConfigError, pydantic_reason, unreadable
 from workplex.executor import Secrets, SecurityLevel
 
 DEFAULT_NAME = "workplex.yaml"
@@ -83,8 +83,10 @@ class Config(BaseModel):
             path = self.secrets.file
             try:
                 data = yaml.safe_load(path.read_text()) or {}
-            except OSError as exc:
-                raise ConfigError(f"{self.source}: secrets.file {path}: {exc.strerror}") from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{self.source}: secrets.file {path}: {unreadable(exc)}") from exc
+            except (yaml.YAMLError, RecursionError) as exc:
+                raise ConfigError(f"{self.source}: secrets.file {path}: not valid YAML") from exc
             if not isinstance(data, dict):
                 raise ConfigError(f"{path}: a secrets file must be a mapping of NAME: value")
             values.update({str(k): str(v) for k, v in data.items()})
@@ -109,12 +111,14 @@ def load_config(explicit: str | Path | None = None) -> Config:
         return Config()
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {unreadable(exc)}") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deeply to read") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -295,7 +295,8 @@ class StageRun:
                 secrets.redact_result(result)
             results[index] = result
             err = result.error
-            if succeeded(result):
+            ok = succeeded(result)
+            if ok:
                 stage.succeeded += 1
             elif err is not None and err.type == "RunPaused":
                 # Waiting (an approval), not failed: it runs again when the run resumes.
@@ -313,7 +314,7 @@ class StageRun:
                 task = inflight.pop(pos, None)
                 store.task_done(
                     run_id, name, index, result.task_id, task.type if task else "",
-                    task.payload if task else None, result,
+                    task.payload if task else None, result, succeeded=ok,
                 )
 
         runner = asyncio.ensure_future(
@@ -361,7 +362,10 @@ class StageRun:
         self.result.total += 1
         store = self._state.engine.store
         if store is not None:
-            store.task_done(self.run_id, self.stage.name, index, task.id, task.type, task.payload, result)
+            store.task_done(
+                self.run_id, self.stage.name, index, task.id, task.type, task.payload, result,
+                succeeded=self.succeeded(result),
+            )
         if result.error is not None and result.error.type == "RunPaused":
             raise RunPaused(result.error.message)
         if self.succeeded(result):
@@ -540,6 +544,11 @@ class Engine:
             raise ValidationError(f"no run {run_id!r} in the store")
         if stored.status in ("succeeded", "cancelled"):
             raise ValidationError(f"run {run_id} has already {stored.status}; nothing to resume")
+        if stored.cancel_requested:
+            # A cancel whose driver has not seen it yet (or that died first) is final too.
+            raise ValidationError(
+                f"run {run_id} was cancelled (`workplex cancel`); a cancelled run is not resumed"
+            )
         pipeline = Pipeline.from_document(stored.document, stored.path)
         plan = self.plan(pipeline)
         await self._check_backend(plan)
@@ -801,6 +810,13 @@ class Engine:
                     state.abort(f"stage {name!r} failed: {st.error}")
                 else:
                     state.scope.setdefault(name, st.output)
+        except asyncio.CancelledError:
+            # Cancelled (fail-fast, cancel) while recording its start, before the pattern ran:
+            # it must not stay "running" in a finished run.
+            if st.status == "running":
+                st.status = "cancelled"
+                st.error = st.info.get("stopped_by") or state.failure or state.cancel_reason or "cancelled"
+            raise
         finally:
             st.ended = time.time() if st.started else None
             state.started[name].set()

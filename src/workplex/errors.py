@@ -163,3 +163,10 @@ class RunPaused(WorkplexError):
 
     The engine stores the run as ``paused`` and returns; ``workplex resume`` continues it.
     """
+
+
+def unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a text file could not be read: the OS's reason, or where it stops being UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r})"
+    return exc.strerror or str(exc)

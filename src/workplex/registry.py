@@ -66,6 +66,34 @@ class PluginError(ConfigError):
     """A plugin was refused at registration (names the distribution that supplied it)."""
 
 
+class BrokenPluginError(PluginError, UnknownExecutorError):
+    """A task or lookup named an executor whose plugin was refused at discovery.
+
+    It is also an ``UnknownExecutorError`` so every place that reports an unusable
+    executor name (``validate``, ``execute``, pipeline validation, exit code 2) treats it alike.
+    """
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point of ``workplex.executors`` that could not be registered, and why."""
+
+    name: str
+    distribution: str
+    target: str
+    """The entry point's ``module:attribute``."""
+    reason: str
+    """The full message, naming the plugin and its distribution."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "entry_point": self.target,
+            "reason": self.reason,
+        }
+
+
 @dataclass
 class ExecutorInfo:
     """What ``workplex executors`` shows about one executor."""
@@ -170,9 +198,13 @@ class Registry:
         self.overlays: OverlayBuilder | None = overlays
         self._secrets = secrets
         self._entries: dict[str, _Entry] = {}
+        self._broken: dict[str, BrokenPlugin] = {}
+        # Entry points the config disables: never imported, so a broken one costs nothing.
+        self._skipped: dict[str, str] = {}
         if discover:
             self.discover()
-        unknown = set(self.config.executors) - set(self._entries)
+        unknown = set(self.config.executors) - set(self._entries) - set(self._broken)
+        unknown -= set(self._skipped)
         if unknown and discover:
             raise ConfigError(
                 f"{self.config.source}: executors: unknown executor(s) "
@@ -189,19 +221,45 @@ class Registry:
 
     # ---- registration -------------------------------------------------------------
     def discover(self) -> None:
-        """Register every executor advertised in the ``workplex.executors`` entry-point group."""
+        """Register every executor advertised in the ``workplex.executors`` entry-point group.
+
+        One broken plugin must not take every command down with it: an entry point that
+        fails to import or breaks the executor contract is recorded in ``broken`` (and not
+        registered); using it later raises ``BrokenPluginError`` with the recorded reason.
+        An entry point the config disables (``enabled: false``) is not imported at all.
+        """
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
-            if ep.name in self._entries:
+            if ep.name in self._entries or ep.name in self._broken or ep.name in self._skipped:
+                continue
+            if self.config.executor_settings(ep.name).get("enabled", True) is False:
+                self._skipped[ep.name] = dist
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:
-                raise PluginError(
+            except (Exception, SystemExit) as exc:
+                self._broken[ep.name] = BrokenPlugin(
+                    ep.name,
+                    dist,
+                    ep.value,
                     f"executor plugin {ep.name!r} from {dist!r} failed to import ({ep.value}): "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            self.register(obj, distribution=dist, entry_name=ep.name)
+                    f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            try:
+                self.register(obj, distribution=dist, entry_name=ep.name)
+            except PluginError as exc:
+                self._broken[ep.name] = BrokenPlugin(ep.name, dist, ep.value, str(exc))
+
+    @property
+    def broken(self) -> list[BrokenPlugin]:
+        """The plugins refused at discovery, by name."""
+        return [self._broken[n] for n in sorted(self._broken)]
+
+    @property
+    def not_loaded(self) -> dict[str, str]:
+        """Entry points skipped because the config disables them: name -> distribution."""
+        return dict(sorted(self._skipped.items()))
 
     def register(
         self, cls: type[Executor], *, distribution: str = "(local)", entry_name: str = ""
@@ -230,10 +288,17 @@ class Registry:
                     "invalid input for executor", "invalid settings for executor"
                 )
             ) from exc
+        try:
+            executor = cls()
+        except Exception as exc:
+            raise PluginError(
+                f"executor plugin {entry_name or cls.name!r} from {distribution!r}: the class "
+                f"cannot be instantiated: {type(exc).__name__}: {exc}"
+            ) from exc
         self._entries[cls.name] = _Entry(
             cls=cls,
             distribution=distribution,
-            executor=cls(),
+            executor=executor,
             settings=settings,
             enabled=enabled,
             config=config,
@@ -250,9 +315,16 @@ class Registry:
 
     def _entry(self, name: str) -> _Entry:
         entry = self._entries.get(name)
+        if entry is None and name in self._broken:
+            raise BrokenPluginError(
+                f"{self._broken[name].reason}. Fix or uninstall that distribution, or disable "
+                f"the executor in the config (executors: {{{name}: {{enabled: false}}}})",
+                [("type", f"broken executor plugin {name!r}")],
+            )
         if entry is None or not entry.enabled:
             known = ", ".join(self.names()) or "(none)"
-            state = "is disabled in the config" if entry is not None else "is not installed"
+            disabled = entry is not None or name in self._skipped
+            state = "is disabled in the config" if disabled else "is not installed"
             raise UnknownExecutorError(
                 f"unknown executor {name!r}: it {state}. Available executors: {known}",
                 [("type", f"unknown executor {name!r}")],
@@ -517,6 +589,8 @@ class Prepared:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BrokenPlugin",
+    "BrokenPluginError",
     "Call",
     "ErrorInfo",
     "ExecutorInfo",

@@ -95,6 +95,7 @@ class _Pull:
         self.executor = executor
         self.durable = durable_name(executor)
         self.remaining = 0
+        self.counted = False  # whether the open request's tasks were reserved as slots
         self.ended = asyncio.Event()
         self.sub: Any = None
 
@@ -107,7 +108,8 @@ class _Pull:
             return
         if self.remaining > 0:
             self.remaining -= 1
-            worker.slots.reserved -= 1
+            if self.counted:
+                worker.slots.reserved -= 1
         if self.remaining == 0:
             self.ended.set()
         if worker.stopping.is_set():
@@ -130,15 +132,20 @@ class _Pull:
         idle = True
         try:
             while not stopping.is_set():
-                # An idle consumer only probes for one task, so it never holds the slots a
-                # busy consumer of another executor type could use.
                 if slots.free < (1 if idle else low):
                     slots.changed.clear()
                     await _first(slots.changed.wait(), stopping.wait())
                     continue
+                # An idle consumer only probes for one task and reserves no slot for it:
+                # a probe waits at the server for up to pull_expires, and reserved probes of
+                # the other executor types would starve a busy one. A probe that does bring
+                # a task may hold it queued beyond --concurrency; the runners still run at
+                # most --concurrency at once.
                 n = 1 if idle else min(slots.free, worker.fetch_batch)
                 self.remaining = n
-                slots.reserved += n
+                self.counted = not idle
+                if self.counted:
+                    slots.reserved += n
                 self.ended.clear()
                 await nc.publish(
                     request_subject, dumps({"batch": n, "expires": expires}), reply=inbox
@@ -148,7 +155,8 @@ class _Pull:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ended.wait(), worker.pull_expires + 2.0)
                 idle = self.remaining == n
-                slots.reserved -= self.remaining
+                if self.counted:
+                    slots.reserved -= self.remaining
                 self.remaining = 0
                 slots.changed.set()
         finally:

@@ -58,6 +58,7 @@ stages:
     echo = [ln for ln in lines if 'executor="echo"' in ln and 'outcome="success"' in ln]
     assert echo, body
     assert float(echo[0].rsplit(" ", 1)[1]) == 3.0
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in out.stderr  # says where to look
 
 
 async def test_given_tracing_on_when_a_pipeline_runs_then_spans_nest_run_stage_task() -> None:

@@ -169,6 +169,14 @@ def test_health_timeout_reports_and_exits_even_when_a_check_is_stuck_on_a_thread
     assert "FAIL docker: no answer within 0.5s" in done.stdout
 
 
+def test_exec_human_view_prints_program_output_and_data_literally() -> None:
+    text = "[bold]x[/bold] [/] end a[b]c"
+    code, out, _ = invoke("exec", "command", "--input", json.dumps({"command": "echo", "args": [text]}))
+    assert code == 0 and text in out
+    code, out, _ = invoke("exec", "echo", "--input", '{"n": null, "t": true}')
+    assert code == 0 and '"n": null' in out and '"t": true' in out  # JSON, not Python repr
+
+
 # ---- real processes ---------------------------------------------------------------------
 def workplex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "WORKPLEX_CONFIG"}
@@ -230,3 +238,20 @@ def test_help_does_not_import_heavy_modules(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "exec" in proc.stdout  # the help text was printed
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_files_that_are_not_utf8_or_nested_too_deeply_are_bad_input(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    cases = [
+        (("exec", "echo", "--input", f"@{binary}"), "not UTF-8 text"),
+        (("validate", str(binary)), "not UTF-8 text"),
+        (("--config", str(binary), "executors"), "not UTF-8 text"),
+        (("exec", "echo", "--input", f"@{deep}"), "nested too deeply"),
+    ]
+    for args, reason in cases:
+        done = workplex(*args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stderr)
+        assert reason in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)

@@ -80,7 +80,9 @@ class Approval(Executor):
             return ApprovalOutput(
                 approved=True, comment=decision.comment, by=decision.by, at=decision.at
             )
-        requested = await store.request_approval(ctx.run_id, ctx.stage, input.message)
+        requested = await store.request_approval(
+            ctx.run_id, ctx.stage, input.message, approvers=input.approvers
+        )
         now = time.time()
         if input.timeout is not None and now - requested >= input.timeout:
             approved = input.default == "approve"

@@ -65,6 +65,20 @@ def redact_secrets(
     return event_dict
 
 
+_ours: dict[str, Any] | None = None
+"""The arguments of our last ``configure_logging`` (None: structlog is not ours to change)."""
+
+
+def _ensure_configured(level: str) -> None:
+    """Turned on only in a stage, structlog's own default prints to stdout, where it would
+    mix with `workplex run --json`; ours goes to stderr. ``level: debug`` lowers our filter
+    so its lines show. Runs before a logger binds its methods, which fixes its configuration."""
+    if not structlog.is_configured():
+        configure_logging(level="debug" if level == "debug" else "info")
+    elif level == "debug" and _ours is not None and _ours["level"] not in ("debug", 10):
+        configure_logging(json=_ours["json"], level="debug", stream=_ours["stream"])
+
+
 def configure_logging(
     json: bool | None = None,
     level: str | int = "info",
@@ -72,6 +86,8 @@ def configure_logging(
 ) -> None:
     """Configure structlog for workplex: JSON lines (``json=None``: when ``stream`` is not a
     terminal) or console output, on ``stream`` (default stderr), with secrets redacted."""
+    global _ours
+    _ours = {"json": json, "level": level, "stream": stream}
     out = stream if stream is not None else sys.stderr
     if json is None:
         json = not (hasattr(out, "isatty") and out.isatty())
@@ -115,11 +131,7 @@ class Logging(Overlay):
         return with_secrets
 
     def wrap_attempt(self, next: Call, executor: str, config: LoggingConfig) -> Call:
-        if not structlog.is_configured():
-            # Turned on only in a stage: structlog's own default prints to stdout, where it
-            # would mix with `workplex run --json`. Ours goes to stderr. (Before the logger
-            # below binds its methods, which fixes the configuration it uses.)
-            configure_logging()
+        _ensure_configured(config.level)
         logger = structlog.get_logger("workplex.overlays")
         log = getattr(logger, config.level)
         # One line per attempt by default (its end, with outcome and duration); the start

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError as PydanticValidationError
 
-from workplex.errors import PipelineError, pydantic_reason
+from workplex.errors import PipelineError, pydantic_reason, unreadable
 from workplex.pipeline.model import Pipeline
 
 
@@ -52,6 +52,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]
         raise PipelineError(f"{source}: not valid YAML: {exc}") from exc
     except PipelineError as exc:
         raise PipelineError(f"{source}: {exc}") from exc
+    except RecursionError as exc:
+        raise PipelineError(f"{source}: nested too deeply to read") from exc
     finally:
         loader.dispose()
 
@@ -193,7 +195,7 @@ def read_pipeline(path: str | Path) -> Pipeline:
     p = Path(path)
     try:
         text = p.read_text()
-    except OSError as exc:
-        raise PipelineError(f"cannot read pipeline file {p}: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read pipeline file {p}: {unreadable(exc)}") from exc
     data, marks = parse_yaml(text, str(p))
     return pipeline_from_data(data, str(p), marks, text)

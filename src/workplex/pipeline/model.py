@@ -168,8 +168,11 @@ class Stage(BaseModel):
     gather: GatherSpec | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     needs: list[str] | None = None
-    timeout: OptionalDuration = None
-    retry: dict[str, Any] | None = None
+    timeout: OptionalDuration | Literal[False] = None
+    """A duration, or ``false`` to turn off a timeout the config file sets."""
+    retry: dict[str, Any] | int | bool | None = None
+    """The retry overlay's options, or its shorthands: ``3`` (max_attempts), ``true``
+    (defaults), ``false`` (off, even if the config file turns it on)."""
     overlays: dict[str, Any] | None = None
     if_: str | None = Field(default=None, alias="if")
     continue_on_error: bool = False
@@ -188,7 +191,9 @@ class Stage(BaseModel):
     @field_validator("timeout", mode="before")
     @classmethod
     def _timeout(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
+        if v is None or v is False:
+            return v
+        return parse_duration(v)
 
     @field_validator("if_")
     @classmethod
@@ -244,6 +249,15 @@ class Pipeline(BaseModel):
                 raise ValueError(f"stage name {stage.name!r} is used twice")
             seen.add(stage.name)
         return self
+
+    def __eq__(self, other: object) -> bool:
+        # The document alone: where a pipeline was loaded from (_path, _source, _marks)
+        # must not make a YAML pipeline differ from the same one built in code.
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any non-frozen model
 
     @property
     def path(self) -> str | None:

@@ -346,7 +346,7 @@ def build_plan(
                 "",
                 "sets retry/timeout/overlays, but the registry was built with overlays=None, "
                 "so they would be ignored",
-                "retry" if stage.retry else ("timeout" if stage.timeout else "overlays"),
+                "retry" if stage.retry is not None else ("timeout" if stage.timeout is not None else "overlays"),
             )
         elif settings and validate_overlays is not None:
             try:
@@ -354,7 +354,7 @@ def build_plan(
             except Exception as exc:
                 # The chain's message starts with the `where` given above; say it once.
                 msg = str(exc).removeprefix(f"stage {stage.name!r}: ")
-                problem(i, stage.name, "", msg, "retry" if stage.retry else "overlays")
+                problem(i, stage.name, "", msg, "retry" if stage.retry is not None else "overlays")
 
         # Expressions: compile, check their roots, validate static inputs.
         allowed = ancestors(stage.name)

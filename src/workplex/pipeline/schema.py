@@ -138,7 +138,7 @@ def pipeline_schema(registry: Registry, patterns: PatternRegistry | None = None)
 
     retry = _lift_defs(_model_schema(RetryConfig), "retry", defs)
     stage["properties"]["retry"] = {
-        "anyOf": [retry, {"type": "null"}],
+        "anyOf": [retry, {"type": "integer", "minimum": 1}, {"type": "boolean"}, {"type": "null"}],
         "description": "Retry settings for this stage's tasks (the retry overlay's options).",
     }
     names = registry.names()

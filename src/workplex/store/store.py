@@ -23,7 +23,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +198,21 @@ class StoredEvent:
     data: dict[str, Any]
 
 
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_CHARS = 2000
+
+
+def _stderr_tail(output: Any) -> str | None:
+    """The last lines of a task output's ``stderr`` (as the command executor returns it)."""
+    if not isinstance(output, dict) or not isinstance(output.get("stderr"), str):
+        return None
+    text = output["stderr"].rstrip("\n")
+    if not text:
+        return None
+    tail = "\n".join(text.splitlines()[-STDERR_TAIL_LINES:])
+    return tail[-STDERR_TAIL_CHARS:]
+
+
 def _json_or_none(value: str | None) -> Any:
     return None if value is None else _loads(value)
 
@@ -220,7 +235,7 @@ class Store:
         self.max_output_bytes = max_output_bytes
         self._batch_rows = batch_rows
         self._flush_interval = flush_interval
-        self._tasks: list[tuple[str, str, int, str, str, Result]] = []
+        self._tasks: list[tuple[str, str, int, str, str, Result, bool]] = []
         self._events: list[tuple[str, float, str, str | None, str]] = []
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -460,13 +475,18 @@ class Store:
         executor: str,
         payload: Any,
         result: Result,
+        *,
+        succeeded: bool | None = None,
     ) -> None:
         """Buffer a task's final result; it reaches the database with the next batch.
 
         ``payload`` is not stored: payloads may hold resolved secrets, and the pipeline
-        document plus the run inputs rebuild it.
+        document plus the run inputs rebuild it. ``succeeded`` is the status as the engine
+        judged it (a non-zero exit fails a task unless ``fail_on_nonzero: false``); without
+        it, ``result.success`` decides.
         """
-        self._tasks.append((run_id, stage, index, task_id, executor, result))
+        ok = result.success if succeeded is None else succeeded
+        self._tasks.append((run_id, stage, index, task_id, executor, result, ok))
         if len(self._tasks) >= self._batch_rows:
             self._wake.set()
 
@@ -547,7 +567,14 @@ class Store:
         return len(self._tasks) + len(self._events)
 
     def _task_row(
-        self, run_id: str, stage: str, index: int, task_id: str, executor: str, result: Result
+        self,
+        run_id: str,
+        stage: str,
+        index: int,
+        task_id: str,
+        executor: str,
+        result: Result,
+        succeeded: bool,
     ) -> tuple[Any, ...]:
         m = result.metrics
         err = result.error
@@ -557,7 +584,7 @@ class Store:
             index,
             task_id or f"{run_id}:{stage}:{index}",
             executor,
-            "succeeded" if result.success else "failed",
+            "succeeded" if succeeded else "failed",
             None if result.output is None else self._dump_output(result.output),
             None if err is None else self._dump_error(err),
             result.exit_code,
@@ -643,21 +670,32 @@ class Store:
             raise RunNotFoundError(run_id)
         if row.lease_owner and _dead_local_owner(row.lease_owner):
             # Its process is gone (killed, crashed): no need to wait for the lease to expire.
+            dead = str(row.lease_owner)
             try:
                 async with self._begin_write() as conn:
                     res = await conn.execute(
                         update(t.runs)
-                        .where(r.run_id == run_id, r.lease_owner == row.lease_owner)
+                        .where(r.run_id == run_id, r.lease_owner == dead)
                         .values(lease_owner=owner, lease_until=now + ttl, updated=now)
                     )
+                    if res.rowcount != 1:
+                        # Lost the race: another process took it over; name that one.
+                        row = (
+                            await conn.execute(
+                                select(r.lease_owner, r.lease_until).where(r.run_id == run_id)
+                            )
+                        ).first()
             except SQLAlchemyError as exc:
                 raise StoreError(f"cannot take the lease of run {run_id!r}: {exc}") from exc
             if res.rowcount == 1:
-                await self.event(run_id, "lease.taken_over", {"from": row.lease_owner, "to": owner})
+                await self.event(run_id, "lease.taken_over", {"from": dead, "to": owner})
                 return
+            if row is None:
+                raise RunNotFoundError(run_id)
         until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.lease_until or now))
         raise StoreError(
-            f"run {run_id} is being driven by {row.lease_owner} (lease until {until}); "
+            f"run {run_id} is being driven by {row.lease_owner or 'another process'} "
+            f"(lease until {until}); "
             "wait for it to finish or for its lease to expire"
         )
 
@@ -692,8 +730,9 @@ class Store:
             raise StoreError(f"cannot release the lease of run {run_id!r}: {exc}") from exc
 
     async def request_cancel(self, run_id: str) -> str:
-        """Ask the driver of a run to cancel it. A run nobody drives (paused, or its process
-        gone and its lease expired) is marked ``cancelled`` at once. Returns the run's status."""
+        """Ask the driver of a run to cancel it. A run nobody drives (paused, its lease
+        expired, or its driver a process of this host that is gone) is marked ``cancelled`` at
+        once. Returns the run's status."""
         now = time.time()
         r = t.runs.c
         try:
@@ -705,12 +744,19 @@ class Store:
                 )
                 if res.rowcount == 0:
                     raise RunNotFoundError(run_id)
+                nobody = [r.lease_owner.is_(None), r.lease_until < now]
+                holder = (
+                    await conn.execute(select(r.lease_owner).where(r.run_id == run_id))
+                ).scalar()
+                if holder and _dead_local_owner(str(holder)):
+                    # As in acquire_lease: a killed driver never renews, so nobody drives it.
+                    nobody.append(r.lease_owner == holder)
                 undriven = await conn.execute(
                     update(t.runs)
                     .where(
                         r.run_id == run_id,
                         r.status.not_in(TERMINAL_RUN),
-                        or_(r.lease_owner.is_(None), r.lease_until < now),
+                        or_(*nobody),
                     )
                     .values(status="cancelled", ended=now, lease_owner=None, lease_until=None)
                 )
@@ -729,8 +775,17 @@ class Store:
         return str(status)
 
     # ---- approvals ----------------------------------------------------------------------
-    async def request_approval(self, run_id: str, stage: str, message: str | None = None) -> float:
-        """Note that a stage waits for approval; returns when it was first requested."""
+    async def request_approval(
+        self,
+        run_id: str,
+        stage: str,
+        message: str | None = None,
+        approvers: Sequence[str] = (),
+    ) -> float:
+        """Note that a stage waits for approval; returns when it was first requested.
+
+        ``approvers`` (who may decide; empty: anyone) go in the ``approval.requested`` event,
+        where ``workplex approve`` reads them to refuse anyone else."""
         now = time.time()
         a = t.approvals.c
         try:
@@ -751,8 +806,18 @@ class Store:
             raise StoreError(
                 f"cannot record the approval request of {run_id}/{stage}: {exc}"
             ) from exc
-        await self.event(run_id, "approval.requested", {"stage": stage, "message": message})
+        await self.event(
+            run_id,
+            "approval.requested",
+            {"stage": stage, "message": message, "approvers": list(approvers)},
+        )
         return now
+
+    async def approvers(self, run_id: str, stage: str) -> list[str]:
+        """Who may decide on a stage's approval (empty: anyone), as its request named them."""
+        found = await self.events(run_id, stage=stage, kinds=["approval.requested"])
+        names = found[-1].data.get("approvers") if found else None
+        return [str(n) for n in names] if isinstance(names, list) else []
 
     async def get_approval(self, run_id: str, stage: str) -> Approval | None:
         """The decision on a stage, or None while there is none."""
@@ -977,10 +1042,15 @@ class Store:
     async def failed_tasks(
         self, run_id: str, stage: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
-        """The first failed tasks (index, id, executor, attempts, error) of a run or stage."""
+        """The first failed tasks of a run or stage: index, id, executor, attempts, exit code,
+        error, and the tail of the task's ``stderr`` when its output has one (a command that
+        exited non-zero has no error, only what it printed)."""
+        await self.flush()
         c = t.tasks.c
         stmt = (
-            select(c.stage, c.idx, c.task_id, c.executor, c.attempts, c.error, c.exit_code)
+            select(
+                c.stage, c.idx, c.task_id, c.executor, c.attempts, c.error, c.exit_code, c.output
+            )
             .where(c.run_id == run_id, c.status == "failed")
             .order_by(c.stage, c.idx)
             .limit(limit)
@@ -998,6 +1068,7 @@ class Store:
                 "attempts": row.attempts,
                 "exit_code": row.exit_code,
                 "error": _json_or_none(row.error),
+                "stderr_tail": _stderr_tail(_json_or_none(row.output)),
             }
             for row in rows
         ]

@@ -45,3 +45,26 @@ def fail_once_retryable(marker: str) -> str:
 def die_holding(secret: str) -> None:
     """A poison task whose payload carries ``secret`` (to check where payloads end up)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+
+def gate(i: int, folder: str, want: int, wait: float = 15.0) -> int:
+    """Mark this task running and wait (bounded) until ``want`` tasks ran at once, as seen
+    by this task or, through a ``reached`` file, by another; return the most it saw
+    running together: a worker's real concurrency, observed, not timed."""
+    here = Path(folder)
+    reached = here / "reached"
+    mine = here / f"running-{i}"
+    mine.touch()
+    most = 0
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            most = max(most, len(list(here.glob("running-*"))))
+            if most >= want:
+                reached.touch()
+            if reached.exists() or time.monotonic() > deadline:
+                return most
+            time.sleep(0.01)
+    finally:
+        mine.unlink()

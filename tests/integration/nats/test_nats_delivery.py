@@ -405,3 +405,21 @@ async def test_workers_cli_lists_live_workers_with_their_executors_and_schemas(
     assert table.returncode == 0, table.stderr
     assert "cli-a" in table.stdout and "cli-b" in table.stdout
     assert "python (" in table.stdout
+
+
+async def test_a_worker_offering_many_executors_still_runs_concurrency_tasks_at_once(
+    nats_url: str, workers: StartWorker, tmp_path: Path
+) -> None:
+    # Idle consumers of the other types probe for work without holding slots, so all four
+    # slots serve the busy type.
+    worker = workers("many", "--executors", "python,echo,file,command", "--concurrency", "4")
+    rid = run_id("many")
+    folder = tmp_path / "gate"
+    folder.mkdir()
+    async with NatsBackend(Registry(), nats_url) as backend:
+        await wait_for_workers(backend, {worker.id})
+        tasks = [py_task(rid, i, "gate", i=i, folder=str(folder), want=4) for i in range(8)]
+        got = await run_tasks(backend, tasks, rid)
+    most = [got[i][0].output for i in range(8)]
+    assert all(r[0].success for r in got.values())
+    assert max(most) == 4  # reached the limit, never beyond it

@@ -117,3 +117,24 @@ def test_given_logging_only_on_a_stage_when_run_with_json_then_log_lines_go_to_s
     assert json.loads(done.stdout)["status"] == "succeeded"  # nothing but the result
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert any(line.get("stage") == "hello" for line in lines), done.stderr
+
+
+def test_given_level_debug_when_run_then_the_debug_lines_show(tmp_path: Path) -> None:
+    pipeline = tmp_path / "debug.yaml"
+    pipeline.write_text(
+        "name: debug\n"
+        "stages:\n"
+        "  - name: hello\n"
+        "    executor: echo\n"
+        "    input: {greeting: hi}\n"
+        "    overlays: {logging: {level: debug}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WORKPLEX_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "workplex.cli", "run", str(pipeline), "--json", "--no-store"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    events = [(line["event"], line["level"]) for line in lines]
+    assert ("attempt.start", "debug") in events and ("attempt.end", "debug") in events

@@ -245,3 +245,38 @@ def test_given_a_bad_duration_when_validated_then_the_error_names_overlay_and_fi
         make_registry({"http": {"retry": {"initial_delay": "soon"}}})
     assert "retry.initial_delay" in str(info.value)
     assert "invalid duration 'soon'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("shorthand", "config_retry", "failures", "expect_success", "expect_calls"),
+    [("3", None, 2, True, 3), ("false", 5, 2, False, 1), ("true", None, 9, False, 3)],
+    ids=["retry-3", "retry-false-beats-config", "retry-true-defaults"],
+)
+async def test_given_a_stage_retry_shorthand_when_run_then_it_means_what_overlays_say(
+    tmp_path: Path,
+    make_registry: MakeRegistry,
+    step_clock: StepClock,
+    shorthand: str,
+    config_retry: int | None,
+    failures: int,
+    expect_success: bool,
+    expect_calls: int,
+) -> None:
+    from workplex.engine import Engine
+
+    counter = tmp_path / "n"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "name: shorthand\n"
+        "stages:\n"
+        "  - name: flaky\n"
+        "    executor: python\n"
+        f"    input: {{function: '{FLAKY}', kwargs: {{counter: '{counter}', failures: {failures}}}}}\n"
+        f"    retry: {shorthand}\n"
+    )
+    overlays = {"*": {"retry": {"max_attempts": config_retry}}} if config_retry else None
+    registry, _ = make_registry(overlays, clock=step_clock)  # backoff sleeps are instant
+    async with registry, Engine(registry) as engine:
+        result = await engine.run(engine.load(pipeline))
+    assert (result.status == "succeeded") is expect_success
+    assert flaky.calls(str(counter)) == expect_calls

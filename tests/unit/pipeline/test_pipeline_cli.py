@@ -45,6 +45,27 @@ def run(*args: str) -> tuple[int, dict[str, Any] | None, str]:
     return result.exit_code, data, result.stderr
 
 
+def test_text_given_for_a_string_input_stays_text(tmp_path: Path) -> None:
+    path = pipeline_file(
+        tmp_path,
+        """
+        name: typed
+        inputs:
+          tag: {type: string}
+          n: {type: integer}
+        stages:
+          - name: e
+            executor: echo
+            input: {tag: $.trigger.tag, n: $.trigger.n}
+        """,
+    )
+    code, data, err = run(str(path), "-i", "tag=3", "-i", "n=4", "--json", "--no-store")
+    assert code == 0, err
+    assert data is not None and data["stages"]["e"]["output"] == {"tag": "3", "n": 4}
+    code, data, err = run(str(path), "-i", "tag=true", "-i", "n=x", "--no-store")
+    assert code == 2 and "input 'n' must be of type integer" in err
+
+
 def test_run_json_with_inputs_parsed_as_json(tmp_path: Path) -> None:
     code, data, _ = run(
         str(pipeline_file(tmp_path)),
