@@ -988,11 +988,24 @@ def runs_(
     if limit < 1:
         fail(f"--limit {limit}: must be at least 1")
 
-    async def go() -> Any:
-        async with _open_store(store) as s:
-            return await s.list_runs(status=status, pipeline=pipeline, limit=limit)
+    from workplex.config import load_config
+    from workplex.errors import ConfigError
+    from workplex.store.url import default_path
 
-    found = run_async(go())
+    try:
+        configured = load_config(State.config_path).store
+    except ConfigError as exc:
+        fail(str(exc))
+    if store is None and configured is None and not default_path().is_file():
+        # A fresh machine: nothing recorded yet is not an error (a mistyped --store is).
+        found: list[Any] = []
+    else:
+
+        async def go() -> Any:
+            async with _open_store(store) as s:
+                return await s.list_runs(status=status, pipeline=pipeline, limit=limit)
+
+        found = run_async(go())
     if as_json:
         print_json([r.to_dict() for r in found])
         return

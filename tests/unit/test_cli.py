@@ -255,3 +255,16 @@ def test_files_that_are_not_utf8_or_nested_too_deeply_are_bad_input(tmp_path: Pa
         done = workplex(*args, cwd=tmp_path)
         assert done.returncode == 2, (args, done.stderr)
         assert reason in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+def test_runs_on_a_fresh_machine_lists_nothing_and_a_mistyped_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("WORKPLEX_STORE", raising=False)
+    fresh = workplex("runs", "--json", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout) == []
+    assert not (tmp_path / "data").exists()  # listing creates no store
+    typo = workplex("runs", "--store", f"sqlite:///{tmp_path}/nope/runs.db", cwd=tmp_path)
+    assert typo.returncode == 2 and "no run store at" in typo.stderr
