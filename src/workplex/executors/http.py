@@ -36,6 +36,7 @@ from workplex.executor import Capabilities, Context, Executor, ExecutorConfig, S
 
 if TYPE_CHECKING:
     import httpx
+    from httpx import Response as _Response  # `httpx` is a local name inside execute()
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -283,6 +284,63 @@ def _body_kind(content_type: str) -> Literal["json", "text", "base64"]:
     return "base64"
 
 
+class _BodyTooLarge(Exception):
+    """The response body is over ``max_body_size`` (turned into a PermanentError)."""
+
+
+_HOPS = "workplex.hops"
+_ExecutorErrorT = type[PermanentError] | type[RetryableError] | type[TaskTimeoutError]
+
+
+async def _note_hop(response: httpx.Response) -> None:
+    hops = response.request.extensions.get(_HOPS)
+    if hops is not None:
+        hops.append(response)
+
+
+def _error(
+    kind: _ExecutorErrorT,
+    input: HttpInput,
+    reason: str,
+    response: httpx.Response | None = None,
+) -> PermanentError | RetryableError | TaskTimeoutError:
+    """One shape for every failure: ``METHOD URL: reason``, plus ``HTTP status at URL``
+    when a response had arrived; ``details`` always carry method and url, and status
+    when there is a response (its URL is then the one that answered)."""
+    details: dict[str, Any] = {"method": input.method, "url": input.url}
+    message = f"{input.method} {input.url}: {reason}"
+    if response is not None:
+        final = str(response.url)
+        details.update(status=response.status_code, url=final)
+        where = "" if final == input.url else f" from {final}"
+        message += f" (after HTTP {response.status_code}{where})"
+    return kind(message, details=details)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _timeout_reason(exc: Exception, request: httpx.Request, total: float) -> str:
+    """httpx timeouts often carry no text; say which wait ran out and for how long."""
+    text = str(exc).strip()
+    limits = request.extensions.get("timeout") or {}
+    name = type(exc).__name__
+    what = {
+        "ConnectTimeout": ("connect", "no connection within the connect timeout"),
+        "ReadTimeout": ("read", "no data within the read timeout"),
+        "WriteTimeout": ("write", "could not send within the write timeout"),
+        "PoolTimeout": ("pool", "no free connection in the pool within the pool timeout"),
+    }.get(name)
+    if what is None:
+        return f"{name}: {text}" if text else f"{name}: timed out"
+    key, phrase = what
+    limit = limits.get(key, total)
+    reason = f"{name}: {phrase}" + (f" ({limit:g}s)" if isinstance(limit, int | float) else "")
+    return f"{reason}: {text}" if text else reason
+
+
 class Http(Executor):
     name = "http"
     description = "Sends one HTTP request (pooled client, body cap, private-address guard)."
@@ -348,6 +406,7 @@ class Http(Executor):
             transport=transport,
             timeout=httpx.Timeout(t),
             max_redirects=config.max_redirects,
+            event_hooks={"response": [_note_hop]},
             trust_env=False,  # proxies from the environment would bypass the guard
         )
         self._retry_statuses = frozenset(config.retry_statuses)
@@ -390,6 +449,11 @@ class Http(Executor):
             )
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
             raise PermanentError(f"url/params/headers: cannot build the request: {exc}") from exc
+        # Redirect hops share the first request's extensions; the response hook notes
+        # each hop there, so an error after a redirect can name the last status and URL.
+        hops: list[_Response] = []
+        request.extensions[_HOPS] = hops
+        response: _Response | None = None
         started = time.perf_counter()
         try:
             async with asyncio.timeout(total):
@@ -401,28 +465,29 @@ class Http(Executor):
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
-            raise TaskTimeoutError(
-                f"{input.method} {input.url}: no complete response within {total:g}s"
+            raise _error(
+                TaskTimeoutError, input, f"no complete response within {total:g}s", response
             ) from exc
         except GuardRefused as exc:
-            raise PermanentError(f"{input.method} {input.url}: {exc}") from exc
+            raise _error(PermanentError, input, str(exc), hops[-1] if hops else None) from exc
+        except _BodyTooLarge as exc:
+            raise _error(PermanentError, input, str(exc), response) from exc
         except httpx.TimeoutException as exc:
-            raise TaskTimeoutError(
-                f"{input.method} {input.url}: {type(exc).__name__}: {exc or 'timed out'}"
-            ) from exc
+            reason = _timeout_reason(exc, request, total)
+            raise _error(TaskTimeoutError, input, reason, response) from exc
         except httpx.TooManyRedirects as exc:
-            raise PermanentError(
-                f"{input.method} {input.url}: more than {config.max_redirects} redirects"
+            raise _error(
+                PermanentError,
+                input,
+                f"more than {config.max_redirects} redirects (the next would go to "
+                f"{exc.request.url})",
+                hops[-1] if hops else None,
             ) from exc
         except httpx.TransportError as exc:
             # Connection refused/reset, protocol errors: another attempt may succeed.
-            raise RetryableError(
-                f"{input.method} {input.url}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise _error(RetryableError, input, _reason(exc), response) from exc
         except httpx.HTTPError as exc:  # undecodable body and the like
-            raise PermanentError(
-                f"{input.method} {input.url}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise _error(PermanentError, input, _reason(exc), response) from exc
         elapsed = time.perf_counter() - started
         status = response.status_code
         if status in self._retry_statuses:
@@ -430,14 +495,19 @@ class Http(Executor):
             raise RetryableError(
                 f"{input.method} {input.url}: HTTP {status}",
                 retry_after=retry_after,
-                details={"status": status, "url": str(response.url), "retry_after": retry_after},
+                details={
+                    "method": input.method,
+                    "status": status,
+                    "url": str(response.url),
+                    "retry_after": retry_after,
+                },
             )
         if input.expect_status is not None:
             if status not in input.expect_status:
                 raise PermanentError(
                     f"{input.method} {input.url}: HTTP {status}, expected one of "
                     f"{input.expect_status}",
-                    details={"status": status, "url": str(response.url)},
+                    details={"method": input.method, "status": status, "url": str(response.url)},
                 )
         elif status >= 400 and (
             input.raise_for_status
@@ -446,7 +516,7 @@ class Http(Executor):
         ):
             raise PermanentError(
                 f"{input.method} {input.url}: HTTP {status}",
-                details={"status": status, "url": str(response.url)},
+                details={"method": input.method, "status": status, "url": str(response.url)},
             )
         headers = response.headers
         kind = _body_kind(headers.get("content-type", ""))
@@ -475,7 +545,7 @@ class Http(Executor):
     async def _read(response: httpx.Response, cap: int) -> bytes:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise PermanentError(
+            raise _BodyTooLarge(
                 f"response body of {declared} bytes is over max_body_size ({cap} bytes)"
             )
         chunks: list[bytes] = []
@@ -484,7 +554,7 @@ class Http(Executor):
             size += len(chunk)
             if size > cap:
                 # Stop reading at once: closing the response drops the connection.
-                raise PermanentError(
+                raise _BodyTooLarge(
                     f"response body is over max_body_size ({cap} bytes); reading stopped"
                 )
             chunks.append(chunk)

@@ -24,6 +24,7 @@ import datetime as dt
 import decimal
 import importlib.util
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -255,7 +256,29 @@ _PARAM_CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _bind(params: dict[str, Any], types: dict[str, ParamType], where: str) -> dict[str, Any]:
+def _sqlite_datetime(v: Any) -> str:
+    # The text form sqlite3's (deprecated) default adapter wrote, so stored values match.
+    return dt.datetime.fromisoformat(v).isoformat(" ")
+
+
+# SQLite has no date, time, decimal or UUID column types and sqlite3 cannot bind those
+# objects: values are checked by parsing, then bound as their canonical text.
+_SQLITE_PARAM_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    **_PARAM_CONVERTERS,
+    "date": lambda v: dt.date.fromisoformat(v).isoformat(),
+    "datetime": _sqlite_datetime,
+    "time": lambda v: dt.time.fromisoformat(v).isoformat(),
+    "decimal": lambda v: str(decimal.Decimal(str(v))),
+    "uuid": lambda v: str(uuid.UUID(str(v))),
+}
+
+
+def _bind(
+    params: dict[str, Any],
+    types: dict[str, ParamType],
+    where: str,
+    converters: dict[str, Callable[[Any], Any]] = _PARAM_CONVERTERS,
+) -> dict[str, Any]:
     if not types:
         return params
     out = dict(params)
@@ -263,7 +286,7 @@ def _bind(params: dict[str, Any], types: dict[str, ParamType], where: str) -> di
         if name not in out or out[name] is None:
             continue
         try:
-            out[name] = _PARAM_CONVERTERS[kind](out[name])
+            out[name] = converters[kind](out[name])
         except (TypeError, ValueError, decimal.InvalidOperation) as exc:
             raise PermanentError(
                 f"{where}params.{name}: cannot convert {out[name]!r} to {kind}: {exc}"
@@ -385,7 +408,11 @@ class Sql(Executor):
             )
         if url.get_backend_name() != "sqlite":
             options["pool_pre_ping"] = False
-        return create_async_engine(url, **options)
+            return create_async_engine(url, **options)
+        options["connect_args"] = {"timeout": _SQLITE_BUSY_DEFAULT_MS / 1000}
+        engine = create_async_engine(url, **options)
+        _transactional_ddl(engine)
+        return engine
 
     def _text(self, query: str) -> Any:
         clause = self._texts.get(query)
@@ -408,14 +435,16 @@ class Sql(Executor):
         remaining = ctx.remaining()
         if remaining is not None:
             timeout = min(timeout, remaining) if timeout else remaining
+        sqlite = engine.dialect.name == "sqlite"
+        converters = _SQLITE_PARAM_CONVERTERS if sqlite else _PARAM_CONVERTERS
         if input.statements is not None:
             steps = [
-                (s.query, _bind(s.params, s.types, f"statements[{i}]."))
+                (s.query, _bind(s.params, s.types, f"statements[{i}].", converters))
                 for i, s in enumerate(input.statements)
             ]
         else:
             assert input.query is not None
-            steps = [(input.query, _bind(input.params, input.types, ""))]
+            steps = [(input.query, _bind(input.params, input.types, "", converters))]
         from sqlalchemy.exc import SQLAlchemyError
 
         interrupt: asyncio.TimerHandle | None = None
@@ -424,8 +453,10 @@ class Sql(Executor):
             async with asyncio.timeout(timeout + 1.0 if timeout is not None else None):
                 async with engine.begin() as conn:
                     try:
-                        if timeout is not None:
-                            interrupt = await self._arm_timeout(conn, timeout)
+                        if sqlite:
+                            interrupt = await _arm_sqlite(conn, timeout)
+                        elif timeout is not None:
+                            await self._arm_timeout(conn, timeout)
                         results = [
                             await self._run(conn, q, p, input.fetch, max_rows) for q, p in steps
                         ]
@@ -435,7 +466,9 @@ class Sql(Executor):
                         if interrupt is not None:
                             interrupt.cancel()
         except SQLAlchemyError as exc:
-            timed_out = interrupt is not None and _fired(interrupt)
+            # The busy timeout ends a lock wait at the same moment the interrupt is due;
+            # a little slack keeps clock granularity from calling that a plain lock error.
+            timed_out = interrupt is not None and _fired(interrupt, slack=0.05)
             raise self._translate(exc, dsn, ctx, timed_out, timeout) from exc
         except TimeoutError as exc:
             if timeout is None:  # e.g. the driver's own connect timeout
@@ -450,26 +483,13 @@ class Sql(Executor):
             last["results"] = results
         return last
 
-    async def _arm_timeout(
-        self, conn: AsyncConnection, seconds: float
-    ) -> asyncio.TimerHandle | None:
-        """Start the statement timeout for this transaction."""
-        dialect = conn.dialect.name
-        if dialect == "postgresql":
+    async def _arm_timeout(self, conn: AsyncConnection, seconds: float) -> None:
+        """Start the statement timeout for this transaction (SQLite: see ``_arm_sqlite``)."""
+        if conn.dialect.name == "postgresql":
             # SET LOCAL ends with the transaction; the server cancels a statement past it.
             ms = max(1, int(seconds * 1000))
             await conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
-            return None
-        if dialect == "sqlite":
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            sqlite_conn = getattr(driver, "_conn", None)
-            if sqlite_conn is None:
-                return None
-            handle = asyncio.get_running_loop().call_later(seconds, _interrupt, sqlite_conn)
-            return handle
         # Elsewhere the asyncio backstop in execute() cancels the call.
-        return None
 
     async def _run(
         self, conn: AsyncConnection, query: str, params: dict[str, Any], fetch: str, max_rows: int
@@ -537,8 +557,49 @@ class Sql(Executor):
         return PermanentError(f"database error: {message}")
 
 
-def _fired(handle: asyncio.TimerHandle) -> bool:
-    return handle.when() <= asyncio.get_running_loop().time()
+def _fired(handle: asyncio.TimerHandle, slack: float = 0.0) -> bool:
+    return handle.when() <= asyncio.get_running_loop().time() + slack
+
+
+# sqlite3's own default: how long a statement waits for another connection's lock.
+_SQLITE_BUSY_DEFAULT_MS = 5000
+_BUSY_KEY = "workplex_busy_timeout_ms"
+
+
+def _transactional_ddl(engine: AsyncEngine) -> None:
+    """SQLAlchemy's recipe for pysqlite/aiosqlite: the driver stops managing transactions
+    (it would COMMIT before DDL, so a failing list of statements could not undo a CREATE)
+    and every transaction starts with an explicit BEGIN."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        record.info[_BUSY_KEY] = _SQLITE_BUSY_DEFAULT_MS  # from connect_args' timeout
+
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine, "begin", on_begin)
+
+
+async def _arm_sqlite(conn: AsyncConnection, seconds: float | None) -> asyncio.TimerHandle | None:
+    """Bound this transaction on SQLite: waits for another connection's lock end with the
+    task's timeout (busy timeout), and a running statement is interrupted when it is due.
+
+    The busy timeout is a connection setting, so it is set (and remembered on the pooled
+    connection) only when it differs from what the previous task left."""
+    raw = await conn.get_raw_connection()
+    busy_ms = _SQLITE_BUSY_DEFAULT_MS if seconds is None else max(1, math.ceil(seconds * 1000))
+    if raw.info.get(_BUSY_KEY) != busy_ms:
+        await conn.exec_driver_sql(f"PRAGMA busy_timeout = {busy_ms}")
+        raw.info[_BUSY_KEY] = busy_ms
+    if seconds is None:
+        return None
+    sqlite_conn = getattr(raw.driver_connection, "_conn", None)
+    if sqlite_conn is None:
+        return None
+    return asyncio.get_running_loop().call_later(seconds, _interrupt, sqlite_conn)
 
 
 def _interrupt(sqlite_conn: Any) -> None:
