@@ -88,6 +88,41 @@ class Plan:
         return out
 
 
+_KEY_ROOT = re.compile(r"\$\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _key_problems(
+    settings: Mapping[str, Any], input_models: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """Overlay ``key`` paths whose first field no executor input of the stage has: a typo
+    there would put every task under one key (``None``) without a word."""
+    found = []
+    for name, options in settings.items():
+        key = options.get("key") if isinstance(options, dict) else None
+        if not isinstance(key, str):
+            continue
+        for root in _KEY_ROOT.findall(key):
+            for ex, model in input_models.items():
+                known = _input_fields(model)
+                if known is not None and root not in known:
+                    found.append((
+                        name, root,
+                        f"key {key!r}: executor {ex!r} has no input field {root!r} "
+                        f"(fields: {', '.join(sorted(known))})",
+                    ))  # fmt: skip
+    return found
+
+
+def _input_fields(model: Any) -> set[str] | None:
+    """Field names and aliases of a closed Input model; None when any key may appear."""
+    fields = getattr(model, "model_fields", None)
+    if not fields or getattr(model, "model_config", {}).get("extra") == "allow":
+        return None
+    names = set(fields)
+    names.update(f.alias for f in fields.values() if f.alias)
+    return names
+
+
 def _path_loc(path: str) -> tuple[Any, ...]:
     """``a.b[1]`` -> ``("a", "b", 1)``: a template field path as YAML mark keys."""
     return tuple(
@@ -355,6 +390,11 @@ def build_plan(
                 # The chain's message starts with the `where` given above; say it once.
                 msg = str(exc).removeprefix(f"stage {stage.name!r}: ")
                 problem(i, stage.name, "", msg, "retry" if stage.retry is not None else "overlays")
+            else:
+                for overlay, _root, why in _key_problems(settings, input_models):
+                    problem(
+                        i, stage.name, f"overlays.{overlay}.key", why, "overlays", overlay, "key"
+                    )
 
         # Expressions: compile, check their roots, validate static inputs.
         allowed = ancestors(stage.name)

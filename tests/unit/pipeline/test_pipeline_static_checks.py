@@ -464,3 +464,22 @@ def test_a_cycle_through_a_gather_is_a_load_error(engine: Engine, write: Write) 
     assert len(problems) == 1, problems
     assert "cycle in needs (through a gather" in problems[0]
     assert "g -> s -> g" in problems[0] or "s -> g -> s" in problems[0]
+
+
+def test_an_overlay_key_naming_no_input_field_is_a_load_error(engine: Engine, write: Write) -> None:
+    # A typo in a key path would put every task under one key (None) without a word.
+    path = write("""
+        name: p
+        stages:
+          - name: f
+            executor: http
+            input: {method: GET, url: "http://127.0.0.1:1/"}
+            overlays:
+              concurrency: {limit: 2, key: "host($.urll)"}
+              circuit_breaker: {key: "$.url"}
+              rate_limit: {rate: 5, period: 1s, key: "$.hots"}
+        """)
+    problems = problems_of(engine, path)
+    assert len(problems) == 2, problems
+    one(problems, f"{path}:8: stage 'f': field 'overlays.concurrency.key'", "no input field 'urll'")
+    one(problems, f"{path}:10: stage 'f': field 'overlays.rate_limit.key'", "no input field 'hots'")
