@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +100,33 @@ def thread_pool_rate() -> float:
         return SPAWNS / (time.perf_counter() - t0)
 
 
+def spawner_only_rate(loop: asyncio.AbstractEventLoop) -> float:
+    """The command executor's thread side alone (check, spawn, read, reap: ``_run``) on a
+    plain 2-thread pool, no event loop in between: shows where the executor's time goes."""
+    from workplex.executors import command as cm
+
+    jobs = [
+        cm._Job([PROGRAM], PROGRAM, None, None, None, None, 1 << 20, 1.0, False, loop)
+        for _ in range(SPAWNS)
+    ]
+    local = threading.local()
+
+    def one(job: cm._Job) -> None:
+        if not hasattr(local, "wake"):
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            local.wake = (r, w)
+        outcome = cm._run(job, *local.wake)
+        if outcome[0] != "ok":
+            raise SystemExit(f"spawn failed: {outcome}")
+
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(one, jobs))
+        return SPAWNS / (time.perf_counter() - t0)
+
+
 def cpu_seconds() -> float:
     """CPU time of this process (all threads, user + system; not the spawned programs)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -132,13 +161,17 @@ async def main(rounds: int) -> None:
         cmd: list[float] = []
         aio: list[float] = []
         pool: list[float] = []
-        cpu: dict[str, list[float]] = {"cmd": [], "aio": [], "pool": []}
+        alone: list[float] = []
+        cpu: dict[str, list[float]] = {"cmd": [], "aio": [], "pool": [], "alone": []}
         for _ in range(rounds):  # interleaved, so load changes hit every variant alike
             cmd.append(await measured(command_rate(registry), cpu["cmd"]))
             aio.append(await measured(asyncio_rate(), cpu["aio"]))
             c0 = cpu_seconds()
             pool.append(thread_pool_rate())
             cpu["pool"].append((cpu_seconds() - c0) / SPAWNS)
+            c0 = cpu_seconds()
+            alone.append(spawner_only_rate(asyncio.get_running_loop()))
+            cpu["alone"].append((cpu_seconds() - c0) / SPAWNS)
     best_cmd, best_aio, best_pool = max(cmd), max(aio), max(pool)
     faster = max(best_aio, best_pool)
     print(f"\n{SPAWNS} x {PROGRAM}, {PARALLEL} at a time, best of {rounds}:")
@@ -147,6 +180,7 @@ async def main(rounds: int) -> None:
         ("command executor", cmd, "cmd"),
         ("asyncio.create_subprocess", aio, "aio"),
         ("2-thread subprocess.run", pool, "pool"),
+        ("command, thread side only", alone, "alone"),
     ):
         print(
             f"  {label:26s}  {max(rates):8.0f} {statistics.median(rates):8.0f}"
@@ -154,6 +188,7 @@ async def main(rounds: int) -> None:
         )
     print(f"  command / asyncio      {best_cmd / best_aio:5.2f}")
     print(f"  command / thread pool  {best_cmd / best_pool:5.2f}")
+    print(f"  thread side alone / thread pool  {max(alone) / best_pool:5.2f}  (the rest is the loop's share)")
     ratio = best_cmd / faster
     # Each round's variants ran back to back, so a per-round ratio cancels slow load drift.
     paired = statistics.median(c / max(a, p) for c, a, p in zip(cmd, aio, pool, strict=True))

@@ -282,55 +282,28 @@ async def ensure_layout(
     api = nats.js.api
     js = nc.jetstream(publish_async_max_pending=8192)
     storage = api.StorageType.MEMORY if settings.storage == "memory" else api.StorageType.FILE
-    common = {"storage": storage, "num_replicas": settings.replicas}
+    work, limits = api.RetentionPolicy.WORK_QUEUE, api.RetentionPolicy.LIMITS
+    task_age, result_age = settings.task_max_age, settings.result_max_age
+    # name, subjects, retention, max age, whether publishes are deduplicated by id
+    streams = [
+        (TASKS_STREAM, ["workplex.tasks.>"], work, task_age, True),
+        (RESULTS_STREAM, ["workplex.results.>"], limits, result_age, True),
+        (DEAD_STREAM, ["workplex.dead.>"], limits, result_age, True),
+        (ADVISORY_STREAM, [MAX_DELIVERIES_ADVISORY], work, result_age, False),
+    ]
     try:
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=TASKS_STREAM,
-                subjects=["workplex.tasks.>"],
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                max_age=settings.task_max_age,
-                duplicate_window=min(settings.duplicate_window, settings.task_max_age),
-                **common,
-            ),
-            update,
-        )
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=RESULTS_STREAM,
-                subjects=["workplex.results.>"],
-                retention=api.RetentionPolicy.LIMITS,
-                max_age=settings.result_max_age,
-                duplicate_window=min(settings.duplicate_window, settings.result_max_age),
-                **common,
-            ),
-            update,
-        )
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=DEAD_STREAM,
-                subjects=["workplex.dead.>"],
-                retention=api.RetentionPolicy.LIMITS,
-                max_age=settings.result_max_age,
-                duplicate_window=min(settings.duplicate_window, settings.result_max_age),
-                **common,
-            ),
-            update,
-        )
-        await _ensure_stream(
-            js,
-            api.StreamConfig(
-                name=ADVISORY_STREAM,
-                subjects=[MAX_DELIVERIES_ADVISORY],
-                retention=api.RetentionPolicy.WORK_QUEUE,
-                max_age=settings.result_max_age,
-                **common,
-            ),
-            update,
-        )
+        for name, subjects, retention, max_age, dedupe in streams:
+            window = {"duplicate_window": min(settings.duplicate_window, max_age)} if dedupe else {}
+            config = api.StreamConfig(
+                name=name,
+                subjects=subjects,
+                retention=retention,
+                max_age=max_age,
+                storage=storage,
+                num_replicas=settings.replicas,
+                **window,
+            )
+            await _ensure_stream(js, config, update)
         await js.add_consumer(
             ADVISORY_STREAM,
             api.ConsumerConfig(

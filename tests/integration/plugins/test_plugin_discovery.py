@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import unavailable
+
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "plugin"
 
@@ -53,12 +55,6 @@ REASONS = {
     "not-an-executor": "is not a subclass of workplex.Executor",
     "import-error": "failed to import",
 }
-
-
-def _fail_or_skip(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _write_broken(base: Path, kind: str) -> Path:
@@ -115,7 +111,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             failures.append(f"{key}: {out.decode(errors='replace')[-2000:]}")
         targets[key] = target
     if failures:
-        _fail_or_skip("cannot build plugin distributions offline: " + "\n".join(failures))
+        unavailable("cannot build plugin distributions offline: " + "\n".join(failures))
     return targets
 
 
