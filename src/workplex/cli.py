@@ -1381,38 +1381,37 @@ def gc(
     typer.echo(f"deleted {len(deleted)} run(s) that ended more than {older_than} ago")
 
 
+def _cli_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """``name`` (Exit, Abort, ClickException) from typer's vendored click, typer itself and
+    click, whichever are installed: typer 0.29 no longer depends on click."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            kind = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            found.append(kind)
+    return tuple(found)
+
+
 def main() -> None:
     """Console entry point: turns workplex's own errors into a message and exit code 2."""
-    from click.exceptions import Exit as ClickExit
-
     try:
         rc = app(standalone_mode=False)
-    except ClickExit as exc:
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
-        import importlib
-
-        import click
-
-        # Newer typer releases raise usage errors from their own vendored copy of click.
-        usage_errors: list[type[BaseException]] = [click.exceptions.ClickException]
-        aborts: list[type[BaseException]] = [click.exceptions.Abort]
-        try:
-            vendored = importlib.import_module("typer._click.exceptions")
-        except ImportError:
-            vendored = None
-        for name, kinds in (("ClickException", usage_errors), ("Abort", aborts)):
-            kind = getattr(vendored, name, None)
-            if isinstance(kind, type) and issubclass(kind, BaseException):
-                kinds.append(kind)
-        if isinstance(exc, tuple(usage_errors)):
+        if isinstance(exc, _cli_exceptions("Exit")):
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, _cli_exceptions("ClickException")):
             exc.show()  # type: ignore[attr-defined]
             code = int(exc.exit_code)  # type: ignore[attr-defined]
             sys.exit(EXIT_BAD_INPUT if code in (1, 2) else code)
-        if isinstance(exc, tuple(aborts)):
+        if isinstance(exc, _cli_exceptions("Abort")):
             typer.echo("aborted", err=True)
             sys.exit(130)
         from workplex.errors import WorkplexError
