@@ -158,7 +158,7 @@ def _path_getter(path: str) -> KeyFn:
 
         return dotted_key
     try:
-        from jsonpath_ng.ext import parse as jsonpath_parse
+        from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
         expr = jsonpath_parse(path)
     except Exception as exc:

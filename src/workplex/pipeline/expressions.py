@@ -127,7 +127,7 @@ def compile_expr(text: str, where: str = "") -> Expr:
     if keys is not None:
         return Expr(text, keys, None)
     try:
-        from jsonpath_ng.ext import parse
+        from jsonpath_ng.ext.parser import parse
 
         general = parse(text)
     except Exception as exc:
